@@ -1,0 +1,155 @@
+"""The main job: train several methods with one budget and compare their fine Recall@K.
+
+    python -m maskcon_mini.compare --preset cpu --data-root DIR --out runs/compare
+
+trains MaskCon, SupCon (coarse labels) and SelfCon with the same preset and seeds, scores the
+untrained network as the floor (and, with ``--oracle``, SupCon on fine labels as the ceiling),
+and writes ``comparison.md`` (a markdown table), ``comparison.json`` and ``comparison.png``
+(a bar plot) into the output folder. Finished runs are kept: running the command again
+resumes unfinished runs and skips finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import PRESETS, TrainConfig, make_config
+from .report import collect_runs, markdown_table, plot_recall_bars, summarise
+from .runio import CONFIG_FILE, RESULTS_FILE, environment_info, write_json
+from .train import (
+    build_data,
+    build_model,
+    config_from_args,
+    evaluate_model,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+__all__ = ["run_comparison", "evaluate_untrained", "main"]
+
+logger = logging.getLogger("maskcon_mini.compare")
+
+DEFAULT_METHODS = ("maskcon", "supcon", "selfcon")
+
+
+def evaluate_untrained(config: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Score the randomly initialised network of ``config`` and write a run folder for it."""
+    if (out_dir / RESULTS_FILE).exists():
+        return collect_runs(out_dir)[0].results
+    device = resolve_device(config.device)
+    seed_everything(config.seed, config.deterministic)
+    data = build_data(config)
+    model = build_model(config, data.num_coarse_classes).to(device)
+    started = time.time()
+    metrics = evaluate_model(model, data.test, config, device)
+    results = {
+        "method": "untrained",
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "epochs": 0,
+        "recall": {str(k): v for k, v in metrics["recall"].items()},
+        "map_at_r": metrics["map_at_r"],
+        "knn_accuracy": metrics["knn_accuracy"],
+        "coarse_recall_at_1": metrics["coarse_recall_at_1"],
+        "train_seconds": 0.0,
+        "wall_seconds_this_call": time.time() - started,
+        "environment": environment_info(device),
+    }
+    write_json(out_dir / CONFIG_FILE, {**config.to_dict(), "untrained": True})
+    write_json(out_dir / RESULTS_FILE, results)
+    return results
+
+
+def run_comparison(base: TrainConfig, out_dir: str | Path, *, methods=DEFAULT_METHODS,
+                   seeds=(1228,), oracle: bool = False, floor: bool = True,
+                   progress: bool = True) -> str:
+    """Train every method for every seed, score the floor, and write the comparison files.
+
+    Returns:
+        The markdown table that was written to ``comparison.md``.
+    """
+    out_dir = Path(out_dir)
+    jobs = [(method, seed, "coarse") for seed in seeds for method in methods]
+    if oracle:
+        jobs += [("supcon", seed, "fine") for seed in seeds]
+    for seed in seeds:
+        if floor:
+            logger.info("scoring the untrained network, seed %d", seed)
+            evaluate_untrained(base.replace(seed=seed), out_dir / f"untrained-seed{seed}")
+    for index, (method, seed, labels) in enumerate(jobs, start=1):
+        name = f"{method}{'-oracle' if labels == 'fine' else ''}-seed{seed}"
+        logger.info("run %d/%d: %s", index, len(jobs), name)
+        config = base.replace(method=method, seed=seed, train_labels=labels)
+        train(config, out_dir / name, resume=True, progress=progress)
+    return write_comparison(out_dir)
+
+
+def write_comparison(out_dir: str | Path) -> str:
+    """Summarise every run below ``out_dir`` into comparison.md, .json and .png."""
+    out_dir = Path(out_dir)
+    runs = collect_runs(out_dir)
+    rows = summarise(runs)
+    table = markdown_table(rows)
+    environment = runs[0].results.get("environment", {}) if runs else {}
+    header = (
+        f"Runs: {len(runs)} in {out_dir}; torch {environment.get('torch')}, device "
+        f"{environment.get('device')}, {environment.get('cpu_count')} CPUs. Fine-label "
+        f"Recall@K, MAP@R and kNN accuracy in %, mean ± sample std over seeds.\n\n"
+    )
+    (out_dir / "comparison.md").write_text(header + table, encoding="utf-8")
+    write_json(out_dir / "comparison.json", [
+        {**row, "recall": {str(k): v for k, v in row["recall"].items()}} for row in rows
+    ])
+    ks = [k for k in (1, 2, 5, 10) if rows and k in rows[0]["recall"]]
+    if ks:
+        plot_recall_bars(rows, out_dir / "comparison.png", ks=ks)
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import build_parser as build_train_parser
+
+    parser = build_train_parser()
+    parser.prog = "python -m maskcon_mini.compare"
+    parser.description = ("Train several methods with one preset and seeds, then write a "
+                          "markdown table and a bar plot of fine Recall@K.")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated methods (default: maskcon,supcon,selfcon)")
+    parser.add_argument("--seeds", default="1228", help="comma-separated seeds (default: 1228)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also train SupCon on fine labels, the ceiling")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip scoring the untrained network")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison command line; return the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        base = config_from_args(args)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for method in methods:
+            base.replace(method=method)
+    except ValueError as error:
+        parser.error(str(error))
+    table = run_comparison(base, args.out, methods=methods, seeds=seeds, oracle=args.oracle,
+                           floor=not args.no_floor, progress=not args.no_progress)
+    print(table)
+    print(f"wrote {Path(args.out) / 'comparison.md'} and {Path(args.out) / 'comparison.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

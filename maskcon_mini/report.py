@@ -1,0 +1,174 @@
+"""Collect run folders into tables and plots: methods x Recall@K, mean and spread over seeds."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .runio import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_json, read_jsonl
+
+__all__ = ["RunRecord", "collect_runs", "summarise", "markdown_table", "plot_recall_bars",
+           "run_label"]
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its folder, config, final results and per-epoch metrics."""
+
+    folder: Path
+    config: dict[str, Any]
+    results: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.config)
+
+
+def run_label(config: dict[str, Any]) -> str:
+    """Return the row name of a run: the method, with its weight and T where they matter."""
+    method = config.get("method", "?")
+    if config.get("train_labels") == "fine":
+        return f"{method} (fine-label oracle)"
+    if config.get("untrained"):
+        return "untrained (floor)"
+    if method == "maskcon":
+        return f"maskcon (w={config['weight']:g}, T={config['target_temperature']:g})"
+    if method in ("grafit", "coins"):
+        return f"{method} (w={config['weight']:g})"
+    return method
+
+
+def collect_runs(folders: Iterable[str | Path] | str | Path) -> list[RunRecord]:
+    """Find every finished run (a folder with ``results.json``) below the given folders.
+
+    Unfinished runs (no ``results.json``) are skipped.
+    """
+    if isinstance(folders, (str, Path)):
+        folders = [folders]
+    runs = []
+    for top in folders:
+        for results_path in sorted(Path(top).rglob(RESULTS_FILE)):
+            folder = results_path.parent
+            config_path = folder / CONFIG_FILE
+            config = read_json(config_path) if config_path.exists() else {}
+            runs.append(RunRecord(folder, config, read_json(results_path),
+                                  read_jsonl(folder / METRICS_FILE)))
+    return runs
+
+
+def _row_order(label: str) -> tuple[int, str]:
+    """Sort rows as floor, baselines, MaskCon, oracle."""
+    for rank, prefix in enumerate(("untrained", "selfcon", "supcon (fine", "supcon", "grafit",
+                                   "coins", "maskcon")):
+        if label.startswith(prefix):
+            return (rank if prefix != "supcon (fine" else 99), label
+    return 50, label
+
+
+def _mean_and_spread(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
+def summarise(runs: list[RunRecord], ks: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """Group runs by label and return one row per group with mean and sample std over seeds.
+
+    Each row has ``label``, ``runs``, ``seeds``, ``recall`` (K -> (mean, std)), ``map_at_r``,
+    ``knn_accuracy``, ``coarse_recall_at_1``, ``fine_mass``, ``supcon_fine_mass`` and
+    ``train_seconds`` (each a ``(mean, std)`` pair). Rows are ordered floor, baselines,
+    MaskCon, then the fine-label oracle.
+    """
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    if ks is None:
+        ks = sorted({int(k) for run in runs for k in run.results.get("recall", {})})
+    rows = []
+    for label, members in sorted(groups.items(), key=lambda item: _row_order(item[0])):
+        results = [m.results for m in members]
+        row = {
+            "label": label,
+            "runs": len(members),
+            "seeds": [r.get("seed") for r in results],
+            "recall": {k: _mean_and_spread([r["recall"].get(str(k)) for r in results])
+                       for k in ks},
+        }
+        for name in ("map_at_r", "knn_accuracy", "coarse_recall_at_1", "fine_mass",
+                     "supcon_fine_mass", "train_seconds"):
+            row[name] = _mean_and_spread([r.get(name) for r in results])
+        rows.append(row)
+    return rows
+
+
+def _cell(pair: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, spread = pair
+    if math.isnan(mean):
+        return "-"
+    return f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Return a markdown table of the summary rows (percentages, mean ± std over seeds)."""
+    ks = list(rows[0]["recall"]) if rows else []
+    header = (["method", "runs"] + [f"R@{k}" for k in ks]
+              + ["MAP@R", "kNN acc", "coarse R@1", "fine mass", "train s"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], str(row["runs"])]
+        cells += [_cell(row["recall"][k]) for k in ks]
+        cells += [_cell(row["map_at_r"]), _cell(row["knn_accuracy"]),
+                  _cell(row["coarse_recall_at_1"]), _cell(row["fine_mass"], 1.0, 3),
+                  _cell(row["train_seconds"], 1.0, 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_recall_bars(rows: list[dict[str, Any]], path: str | Path | None = None,
+                     ks: Iterable[int] = (1, 2, 5, 10), title: str | None = None):
+    """Draw grouped bars of fine Recall@K per method with std error bars; save a PNG if asked.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: if ``rows`` is empty or a K is missing from the rows.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no runs to plot; pass the rows from summarise() of at least one run.")
+    ks = [k for k in ks]
+    missing = [k for k in ks if k not in rows[0]["recall"]]
+    if missing:
+        raise ValueError(f"Recall@K for K={missing} is not in the runs; available: "
+                         f"{list(rows[0]['recall'])}.")
+
+    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(ks), 3.6), dpi=110)
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        means = [row["recall"][k][0] * 100 for k in ks]
+        spreads = [row["recall"][k][1] * 100 for k in ks]
+        positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(ks))]
+        axes.bar(positions, means, width, yerr=spreads, capsize=2,
+                 label=f"{row['label']} (n={row['runs']})")
+    axes.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
+    axes.set_ylabel("fine Recall@K (%)")
+    axes.set_title(title or "Fine-label Recall@K on the test set (mean ± std over seeds)")
+    axes.legend(fontsize=7, loc="lower right")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+    return figure

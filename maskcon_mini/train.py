@@ -1,0 +1,598 @@
+"""Train an encoder with coarse labels by any of the five methods and score it on fine labels.
+
+Command line (every ``TrainConfig`` field can be overridden; see ``--help``)::
+
+    python -m maskcon_mini.train --preset cpu --method maskcon --dataset cifartoy_good \\
+        --data-root DIR --out runs/maskcon
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``results.json``
+(final metrics) and ``checkpoint.pt`` (model, optimiser, schedule, queue and RNG states, saved
+after every epoch). ``--resume`` continues an interrupted run exactly where its last checkpoint
+ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .config import PRESETS, TrainConfig, field_names, make_config
+from .data import TwoViewDataset, build_dataset, build_transforms
+from .evaluate import evaluate_embeddings, extract_features
+from .losses import LossSettings
+from .model import MomentumContrast, fine_mass_share
+from .queue import warn_if_stale_keys
+from .runio import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    environment_info,
+    load_checkpoint,
+    read_json,
+    read_jsonl,
+    save_checkpoint,
+    write_json,
+    write_jsonl,
+)
+from .targets import supcon_targets
+
+__all__ = ["train", "evaluate_model", "build_model", "resolve_device", "learning_rate_at", "main"]
+
+logger = logging.getLogger("maskcon_mini.train")
+
+
+# Set-up.
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Return the device for ``name``; ``"auto"`` picks cuda, then mps, then cpu.
+
+    Raises:
+        ValueError: if the named device is not available here.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+    if not available.get(name, False):
+        raise ValueError(
+            f"device {name!r} is not available on this machine; use device='auto' or 'cpu'."
+        )
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally make torch's algorithms deterministic."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for this run, or None for float32 (always on CPU and MPS)."""
+    if device.type != "cuda" or config.amp == "none":
+        return None
+    if config.amp == "fp16":
+        return torch.float16
+    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def learning_rate_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Return the learning rate of ``step``: linear warm-up, then cosine decay to 0.
+
+    Step ``s < warmup_steps`` gets ``base_lr * (s + 1) / warmup_steps``. Later steps get
+    ``0.5 * base_lr * (1 + cos(pi * progress))`` with progress from 0 to 1 over the rest.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class RunData:
+    """The datasets of a run and the label tables the trainer reads by sample index."""
+
+    train: TwoViewDataset
+    test: Any
+    train_labels: torch.Tensor  # [N] labels used for training (coarse, or fine for the oracle)
+    fine_labels: torch.Tensor  # [N] fine labels, for the diagnostic only
+    num_coarse_classes: int
+
+
+def build_data(config: TrainConfig) -> RunData:
+    """Build the two-view training set and the test set of ``config``."""
+    transforms = build_transforms(config.dataset, size=config.image_size)
+    common = dict(root=config.data_root, download=config.download, seed=config.seed,
+                  in_memory=config.in_memory)
+    base = build_dataset(config.dataset, split="train", subset=config.train_subset, **common)
+    test = build_dataset(config.dataset, split="test", subset=config.test_subset,
+                         transform=transforms["test"], **common)
+    train = TwoViewDataset(base, transforms[config.query_view], transforms[config.key_view])
+    level = base.coarse_targets if config.train_labels == "coarse" else base.fine_targets
+    classes = base.coarse_classes if config.train_labels == "coarse" else base.fine_classes
+    return RunData(train, test, level.clone(), base.fine_targets.clone(), len(classes))
+
+
+def build_model(config: TrainConfig, num_coarse_classes: int) -> MomentumContrast:
+    """Build the model of ``config``; a coarse classifier head is added for CoIns."""
+    return MomentumContrast(
+        config.backbone,
+        projection_dim=config.projection_dim,
+        hidden_dim=config.hidden_dim,
+        queue_size=config.queue_size,
+        momentum=config.momentum,
+        num_coarse_classes=num_coarse_classes if config.method == "coins" else None,
+        small_images=config.image_size <= 64,
+        width=config.width,
+        pretrained=config.pretrained,
+        exclude_own_keys=config.exclude_own_keys,
+    )
+
+
+def make_loader(dataset, config: TrainConfig, generator: torch.Generator | None,
+                shuffle: bool, drop_last: bool, batch_size: int | None = None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or config.batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=config.num_workers,
+        generator=generator,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+# Run folders.
+
+def prepare_run_folder(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> bool:
+    """Check the run folder before any work; return True when a checkpoint will be resumed.
+
+    Raises:
+        FileExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: ``resume`` with a config that differs from the saved one.
+    """
+    has_run = (out_dir / CONFIG_FILE).exists()
+    if resume and (out_dir / CHECKPOINT_FILE).exists():
+        saved = read_json(out_dir / CONFIG_FILE)
+        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+                   if saved.get(k) != v and k not in ("device", "num_workers")}
+        if changed:
+            raise ValueError(
+                f"cannot resume {out_dir}: the config differs from the saved one in {changed} "
+                f"(saved, requested). Resume with the same settings, or use another --out."
+            )
+        return True
+    if has_run and not overwrite and not resume:
+        raise FileExistsError(
+            f"{out_dir} already holds a run ({CONFIG_FILE} exists). Pass resume=True "
+            f"(--resume) to continue it, overwrite=True (--overwrite) to replace it, or choose "
+            f"another output folder."
+        )
+    if has_run and overwrite:
+        for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, CHECKPOINT_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    return False
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "loader": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": [np.random.get_state()[1].tolist(), int(np.random.get_state()[2])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    keys, position = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), position, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Evaluation.
+
+@torch.no_grad()
+def evaluate_model(model: MomentumContrast, test_set, config: TrainConfig,
+                   device: torch.device) -> dict[str, Any]:
+    """Score ``model`` on the test set: Recall@K, MAP@R, kNN accuracy (fine) and coarse R@1."""
+    loader = make_loader(test_set, config, None, shuffle=False, drop_last=False,
+                         batch_size=max(256, config.batch_size))
+    features, coarse, fine = extract_features(model, loader, device, which=config.eval_features)
+    ks = [k for k in config.recall_ks if k <= len(features) - 1]
+    # k=200 as in the kNN protocol of InstDisc; small test sets use a tenth of the gallery, since
+    # with k close to N every class votes with all its members and the query's own class,
+    # which has one member fewer, loses by construction.
+    knn_k = min(200, max(1, (len(features) - 1) // 10))
+    return evaluate_embeddings(features, fine, coarse, ks=ks, chunk_size=config.eval_chunk_size,
+                               knn_k=knn_k)
+
+
+# Training.
+
+class EpochStats:
+    """Running means of the per-step numbers of one epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: float) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+
+
+def _progress(iterable, total: int, description: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def _queue_fill_batches(loader: DataLoader):
+    for _, key_images, labels, _, indices in loader:
+        yield key_images, labels, indices
+
+
+def _step_diagnostics(output, labels, fine, data: RunData, stats: EpochStats) -> None:
+    """Record how much target queue mass falls on the sample's own fine class (and SupCon's)."""
+    queue_indices = output["queue_indices"]
+    queue_fine = torch.where(queue_indices >= 0, data.fine_labels[queue_indices.clamp(min=0).cpu()],
+                             torch.full_like(queue_indices.cpu(), -1))
+    queue_labels = torch.where(queue_indices >= 0,
+                               data.train_labels[queue_indices.clamp(min=0).cpu()],
+                               torch.full_like(queue_indices.cpu(), -1))
+    targets = output["targets"].cpu()
+    stats.add("fine_mass", fine_mass_share(targets, fine, queue_fine))
+    supcon = supcon_targets(labels.cpu(), queue_labels, queue_mask=output["queue_mask"].cpu())
+    stats.add("supcon_fine_mass", fine_mass_share(supcon, fine, queue_fine))
+
+
+def train_one_epoch(model, loader, optimizer, scaler, settings, config, data, device,
+                    state, total_steps, warmup_steps, progress) -> dict[str, float]:
+    """Train for one epoch and return the epoch means of loss, lr and diagnostics."""
+    model.train()
+    stats = EpochStats()
+    dtype = autocast_dtype(config, device)
+    batches = _progress(loader, len(loader), f"epoch {state['epoch'] + 1}/{config.epochs}", progress)
+    for query_images, key_images, _, fine, indices in batches:
+        lr = learning_rate_at(state["step"], total_steps, warmup_steps, config.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        labels = data.train_labels[indices]
+        query_images, key_images = _to_device(query_images, key_images, device, config)
+        with _autocast(device, dtype):
+            output = model(query_images, key_images, labels.to(device), indices.to(device),
+                           settings)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(output["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state["step"] += 1
+
+        loss = float(output["loss"].detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss} at step {state['step']}; lower lr (now {config.lr}) or "
+                f"use amp='none'."
+            )
+        stats.add("loss", loss)
+        stats.add("lr", lr)
+        for name in ("positive_logit", "target_entropy", "positive_mass", "classifier_loss"):
+            if name in output:
+                stats.add(name, output[name])
+        _step_diagnostics(output, labels, fine, data, stats)
+        if progress and hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}")
+    return stats.means()
+
+
+def _to_device(query_images, key_images, device, config):
+    memory_format = (torch.channels_last if config.channels_last and device.type == "cuda"
+                     else torch.contiguous_format)
+    return (query_images.to(device, non_blocking=True, memory_format=memory_format),
+            key_images.to(device, non_blocking=True, memory_format=memory_format))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` and write its run folder; return the final results dict.
+
+    Args:
+        config: a validated ``TrainConfig``.
+        out_dir: the run folder (created if missing).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists (else start fresh).
+        overwrite: replace an existing run in ``out_dir``.
+        stop_after_epochs: stop after this many epochs of this call, leaving a checkpoint to
+            resume later (for time-limited sessions such as Colab). The schedule still
+            follows ``config.epochs``.
+        progress: show tqdm progress bars (terminal and Jupyter).
+        on_epoch_end: called with each epoch's metrics record.
+
+    Returns:
+        The ``results.json`` content, or the last epoch record when stopped early.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and neither resume nor overwrite is set.
+        ValueError: a resume with a different config, or an unavailable device.
+        FileNotFoundError: the dataset is missing (the message names both fixes).
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    resuming = prepare_run_folder(out_dir, config, resume, overwrite)
+
+    seed_everything(config.seed, config.deterministic)
+    started = time.time()
+    data = build_data(config)
+    model = build_model(config, data.num_coarse_classes).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum,
+                                weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type,
+                                  enabled=autocast_dtype(config, device) == torch.float16)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = make_loader(data.train, config, generator, shuffle=True, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(
+            f"the training set has {len(data.train)} images, fewer than batch_size="
+            f"{config.batch_size}; use a smaller batch or a larger train_subset."
+        )
+    warn_if_stale_keys(config.queue_size, len(data.train), config.batch_size)
+    settings = LossSettings(config.method, config.contrastive_temperature,
+                            config.target_temperature, config.weight)
+    total_steps = config.epochs * len(loader)
+    warmup_steps = config.warmup_epochs * len(loader)
+
+    state = {"epoch": 0, "step": 0, "elapsed": 0.0}
+    records: list[dict[str, Any]] = []
+    if resuming:
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT_FILE, map_location=device)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = dict(checkpoint["state"])
+        restore_rng_state(checkpoint["rng"], generator)
+        records = read_jsonl(out_dir / METRICS_FILE)[: state["epoch"]]
+        if state["epoch"] >= config.epochs and (out_dir / RESULTS_FILE).exists():
+            logger.info("%s is already finished; returning its results", out_dir)
+            return read_json(out_dir / RESULTS_FILE)
+        logger.info("resuming %s at epoch %d/%d", out_dir, state["epoch"], config.epochs)
+    else:
+        write_json(out_dir / CONFIG_FILE, config.to_dict())
+        logger.info("filling the queue of K=%d with keys from the key encoder", config.queue_size)
+        fill_generator = torch.Generator().manual_seed(config.seed + 1)
+        model.fill_queue(_queue_fill_batches(make_loader(data.train, config, fill_generator,
+                                                         shuffle=True, drop_last=False)), device)
+
+    epochs_this_call = 0
+    while state["epoch"] < config.epochs:
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            logger.info("stopping after %d epochs as asked; resume to continue", epochs_this_call)
+            return records[-1] if records else {}
+        epoch_start = time.time()
+        means = train_one_epoch(model, loader, optimizer, scaler, settings, config, data, device,
+                                state, total_steps, warmup_steps, progress)
+        state["epoch"] += 1
+        epochs_this_call += 1
+        record = {"epoch": state["epoch"], "step": state["step"], **means,
+                  "seconds": time.time() - epoch_start}
+        if _should_score(state["epoch"], config):
+            record["metrics"] = evaluate_model(model, data.test, config, device)
+            record["recall"] = record["metrics"]["recall"]
+        state["elapsed"] += time.time() - epoch_start
+        records.append(record)
+        _save_epoch(out_dir, model, optimizer, scaler, state, generator, records)
+        logger.info("%s", format_record(record))
+        if on_epoch_end:
+            on_epoch_end(record)
+
+    return _write_results(out_dir, config, records, state, device, started)
+
+
+def _should_score(epoch: int, config: TrainConfig) -> bool:
+    return epoch == config.epochs or (config.eval_every > 0 and epoch % config.eval_every == 0)
+
+
+def _save_epoch(out_dir, model, optimizer, scaler, state, generator, records) -> None:
+    # Metrics first: a kill between the two writes leaves a checkpoint that is one epoch
+    # behind the metrics, and resume truncates the metrics to the checkpoint's epoch.
+    write_jsonl(out_dir / METRICS_FILE, records)
+    save_checkpoint(out_dir / CHECKPOINT_FILE, {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": dict(state),
+        "rng": rng_state(generator),
+    })
+
+
+def _write_results(out_dir, config, records, state, device, started) -> dict[str, Any]:
+    final = records[-1]
+    metrics = final["metrics"]
+    results = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "train_labels": config.train_labels,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "steps": state["step"],
+        "recall": {str(k): v for k, v in metrics["recall"].items()},
+        "map_at_r": metrics["map_at_r"],
+        "knn_accuracy": metrics["knn_accuracy"],
+        "coarse_recall_at_1": metrics["coarse_recall_at_1"],
+        "final_loss": final.get("loss"),
+        "fine_mass": final.get("fine_mass"),
+        "supcon_fine_mass": final.get("supcon_fine_mass"),
+        "train_seconds": state["elapsed"],
+        "wall_seconds_this_call": time.time() - started,
+        "environment": environment_info(device),
+    }
+    write_json(out_dir / RESULTS_FILE, results)
+    return results
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Return one compact log line for an epoch record."""
+    parts = [f"epoch {record['epoch']:>3}", f"loss {record.get('loss', float('nan')):.4f}",
+             f"lr {record.get('lr', float('nan')):.4f}", f"{record['seconds']:.1f}s"]
+    if "fine_mass" in record:
+        parts.append(f"fine mass {record['fine_mass']:.3f} (SupCon "
+                     f"{record.get('supcon_fine_mass', float('nan')):.3f})")
+    if "recall" in record:
+        parts.append("R@1 {:.4f}".format(record["recall"][min(record["recall"])]))
+    return " | ".join(parts)
+
+
+# Command line.
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("inf", "+inf"):
+        return math.inf
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+FIELD_HELP = {
+    "data_root": "folder with the data (default: $MASKCON_DATA_ROOT, else ./data)",
+    "queue_size": "K, number of queue entries (>= batch_size)",
+    "momentum": "key encoder EMA momentum m in [0, 1)",
+    "contrastive_temperature": "T0 of the logits, in (0, inf)",
+    "target_temperature": "T of the MaskCon targets, in (0, inf]; 'inf' gives uniform weights",
+    "weight": "w in [0, 1] mixing the method's target with SelfCon",
+    "lr": "peak SGD learning rate (> 0)",
+    "epochs": "number of epochs (>= 1)",
+    "warmup_epochs": "linear warm-up epochs (0..epochs)",
+    "batch_size": "images per step (>= 1)",
+    "train_subset": "images per fine class (int) or fraction (float in (0, 1]); none = all",
+    "test_subset": "images per fine class (int) or fraction (float in (0, 1]); none = all",
+    "eval_every": "score Recall@K every N epochs (0 = only after the last epoch)",
+    "recall_ks": "comma-separated K values of Recall@K",
+    "device": "auto, cpu, cuda or mps",
+    "amp": "autocast on CUDA: auto, none, bf16 or fp16",
+    "seed": "random seed (>= 0)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m maskcon_mini.train",
+        description="Train with coarse labels (MaskCon, SupCon, SelfCon, Grafit or CoIns) and "
+                    "score Recall@K on fine labels. Preset values apply first; every other "
+                    "option overrides one config field.",
+    )
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                        help="starting point for all fields (default: cpu)")
+    parser.add_argument("--out", required=True, help="run folder to write")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--stop-after-epochs", type=int, default=None,
+                        help="stop after this many epochs, leaving a checkpoint to resume")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    defaults = TrainConfig()
+    for name in field_names():
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            metavar=type(default).__name__.upper() if default is not None else "VALUE",
+                            help=FIELD_HELP.get(name, f"config field {name}"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build the config from parsed arguments: preset first, then each given field."""
+    overrides = {}
+    for name in field_names():
+        text = getattr(args, name)
+        if text is None:
+            continue
+        if name == "recall_ks":
+            overrides[name] = tuple(int(k) for k in text.split(","))
+        elif name in ("data_root", "pretrained"):
+            overrides[name] = None if text.lower() == "none" else text
+        else:
+            overrides[name] = _parse_value(text)
+    return make_config(args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    results = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                    stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    if "recall" in results:
+        recall = ", ".join(f"R@{k} {v:.4f}" for k, v in results["recall"].items())
+        print(f"{config.method}: {recall}  ->  {Path(args.out) / RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
