@@ -18,20 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from .config import PRESETS, TrainConfig, make_config
+from .config import TrainConfig
 from .report import collect_runs, markdown_table, plot_recall_bars, summarise
 from .runio import CONFIG_FILE, RESULTS_FILE, environment_info, write_json
-from .train import (
-    build_data,
-    build_model,
-    config_from_args,
-    evaluate_model,
-    resolve_device,
-    seed_everything,
-    train,
-)
+from .cli import build_parser as build_train_parser
+from .cli import config_from_args
+from .train import build_data, build_model, evaluate_model, resolve_device, seed_everything, train
 
 __all__ = ["run_comparison", "evaluate_untrained", "main"]
 
@@ -115,8 +108,6 @@ def write_comparison(out_dir: str | Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import build_parser as build_train_parser
-
     parser = build_train_parser()
     parser.prog = "python -m maskcon_mini.compare"
     parser.description = ("Train several methods with one preset and seeds, then write a "

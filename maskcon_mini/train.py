@@ -13,7 +13,6 @@ ended.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import PRESETS, TrainConfig, field_names, make_config
+from .config import TrainConfig
 from .data import TwoViewDataset, build_dataset, build_transforms
 from .evaluate import evaluate_embeddings, extract_features
 from .losses import LossSettings
@@ -49,7 +48,7 @@ from .runio import (
 )
 from .targets import supcon_targets
 
-__all__ = ["train", "evaluate_model", "build_model", "resolve_device", "learning_rate_at", "main"]
+__all__ = ["train", "evaluate_model", "build_model", "resolve_device", "learning_rate_at"]
 
 logger = logging.getLogger("maskcon_mini.train")
 
@@ -498,101 +497,7 @@ def format_record(record: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-# Command line.
-
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("inf", "+inf"):
-        return math.inf
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-FIELD_HELP = {
-    "data_root": "folder with the data (default: $MASKCON_DATA_ROOT, else ./data)",
-    "queue_size": "K, number of queue entries (>= batch_size)",
-    "momentum": "key encoder EMA momentum m in [0, 1)",
-    "contrastive_temperature": "T0 of the logits, in (0, inf)",
-    "target_temperature": "T of the MaskCon targets, in (0, inf]; 'inf' gives uniform weights",
-    "weight": "w in [0, 1] mixing the method's target with SelfCon",
-    "lr": "peak SGD learning rate (> 0)",
-    "epochs": "number of epochs (>= 1)",
-    "warmup_epochs": "linear warm-up epochs (0..epochs)",
-    "batch_size": "images per step (>= 1)",
-    "train_subset": "images per fine class (int) or fraction (float in (0, 1]); none = all",
-    "test_subset": "images per fine class (int) or fraction (float in (0, 1]); none = all",
-    "eval_every": "score Recall@K every N epochs (0 = only after the last epoch)",
-    "recall_ks": "comma-separated K values of Recall@K",
-    "device": "auto, cpu, cuda or mps",
-    "amp": "autocast on CUDA: auto, none, bf16 or fp16",
-    "seed": "random seed (>= 0)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m maskcon_mini.train",
-        description="Train with coarse labels (MaskCon, SupCon, SelfCon, Grafit or CoIns) and "
-                    "score Recall@K on fine labels. Preset values apply first; every other "
-                    "option overrides one config field.",
-    )
-    parser.add_argument("--preset", default="cpu", choices=list(PRESETS),
-                        help="starting point for all fields (default: cpu)")
-    parser.add_argument("--out", required=True, help="run folder to write")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--stop-after-epochs", type=int, default=None,
-                        help="stop after this many epochs, leaving a checkpoint to resume")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    defaults = TrainConfig()
-    for name in field_names():
-        default = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                            metavar=type(default).__name__.upper() if default is not None else "VALUE",
-                            help=FIELD_HELP.get(name, f"config field {name}"))
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build the config from parsed arguments: preset first, then each given field."""
-    overrides = {}
-    for name in field_names():
-        text = getattr(args, name)
-        if text is None:
-            continue
-        if name == "recall_ks":
-            overrides[name] = tuple(int(k) for k in text.split(","))
-        elif name in ("data_root", "pretrained"):
-            overrides[name] = None if text.lower() == "none" else text
-        else:
-            overrides[name] = _parse_value(text)
-    return make_config(args.preset, **overrides)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    results = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                    stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
-    if "recall" in results:
-        recall = ", ".join(f"R@{k} {v:.4f}" for k, v in results["recall"].items())
-        print(f"{config.method}: {recall}  ->  {Path(args.out) / RESULTS_FILE}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import train_main
+
+    sys.exit(train_main())
