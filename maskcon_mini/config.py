@@ -253,8 +253,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         backbone="convnet", width=16, projection_dim=128, hidden_dim=256, queue_size=4096,
         momentum=0.99, contrastive_temperature=0.1, target_temperature=0.1, weight=0.5,
-        lr=0.06, batch_size=256, epochs=15, warmup_epochs=1, train_subset=1250,
-        eval_every=5, in_memory=True, num_workers=0, recall_ks=(1, 2, 5, 10, 50, 100),
+        lr=0.06, batch_size=256, epochs=3, warmup_epochs=1, train_subset=None,
+        eval_every=1, in_memory=True, num_workers=0, recall_ks=(1, 2, 5, 10, 50, 100),
     ),
     "smoke": dict(
         backbone="convnet", width=4, projection_dim=16, hidden_dim=32, queue_size=32,
