@@ -108,7 +108,7 @@ def _same_label_mask(
     """Return the bool matrix [B, K] of usable queue entries that share the sample's label."""
     same = labels[:, None] == queue_labels[None, :]  # [B, K]
     if queue_mask is not None:
-        same = same & queue_mask.to(same.device)
+        same &= queue_mask.to(same.device)
     return same
 
 
@@ -253,23 +253,34 @@ def maskcon_targets(
         )
     _check_queue_mask(queue_mask, keys.shape[0], queue_keys.shape[0])
 
-    similarity = keys.float() @ queue_keys.float().T  # [B, K]
+    # Every step below writes into `targets` in place, so that the only [B, K] tensors alive at
+    # once are the result and the bool mask. This keeps peak memory and time low at large K.
+    targets = torch.empty(keys.shape[0], 1 + queue_keys.shape[0], device=keys.device)  # [B, 1+K]
+    queue_weights = targets[:, 1:]  # [B, K] view
     same = _same_label_mask(labels, queue_labels.to(labels.device), queue_mask)  # [B, K]
 
-    # The maximum over same-coarse entries; rows without any get 0 so no inf - inf appears.
-    masked = similarity.masked_fill(~same, -math.inf)  # [B, K]
-    row_max = masked.max(dim=1, keepdim=True).values  # [B, 1]
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    if temperature == math.inf:
+        queue_weights.copy_(same)
+    else:
+        # Autocast leaves calls with out= alone, so the similarities stay float32 inside it too.
+        torch.matmul(keys.float(), queue_keys.float().T, out=queue_weights)
+        # Entries of another coarse class become -inf, so exp() turns them into exactly 0.
+        queue_weights.masked_fill_(same.logical_not_(), -math.inf)
 
-    # (s - max) <= 0 on same-coarse entries, so exp() lies in (0, 1] and the nearest gets 1.
-    shifted = torch.where(same, similarity - row_max, torch.zeros_like(similarity))  # [B, K]
-    queue_weights = torch.where(same, torch.exp(shifted / temperature), torch.zeros_like(shifted))
+        # The maximum over same-coarse entries; rows without any get 0 so no inf - inf appears.
+        row_max = queue_weights.amax(dim=1, keepdim=True)  # [B, 1]
+        row_max.masked_fill_(~torch.isfinite(row_max), 0.0)
 
-    soft = _with_positive_column(queue_weights)  # [B, 1+K]
-    if weight == 1.0:
-        return soft
-    one_hot = selfcon_targets(soft.shape[0], soft.shape[1] - 1, device=soft.device)
-    return weight * soft + (1.0 - weight) * one_hot
+        # (s - max) <= 0 on same-coarse entries, so exp() lies in (0, 1] and the nearest gets 1.
+        queue_weights.sub_(row_max).div_(temperature).exp_()
+
+    targets[:, 0] = 1.0
+    targets.div_(targets.sum(dim=1, keepdim=True))
+    if weight != 1.0:
+        # weight * soft + (1 - weight) * one-hot, where the one-hot row is 1 in column 0 only.
+        targets.mul_(weight)
+        targets[:, 0] += 1.0 - weight
+    return targets
 
 
 def _check_embeddings(keys: torch.Tensor, queue_keys: torch.Tensor) -> None:

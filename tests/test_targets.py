@@ -107,6 +107,16 @@ def test_maskcon_large_queue_small_batch():
     assert torch.allclose(targets.double(), reference, atol=1e-6)
 
 
+def test_maskcon_float32_under_autocast():
+    # The trainer builds targets inside autocast; the key-to-queue similarities must stay float32.
+    keys, queue_keys, labels, queue_labels = random_case(8, 256, 32, 3, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        targets = maskcon_targets(keys, queue_keys, labels, queue_labels, 0.05, 0.5)
+    reference = maskcon_reference(keys, queue_keys, labels, queue_labels, 0.05, 0.5)
+    assert targets.dtype == torch.float32
+    assert torch.allclose(targets.double(), reference, atol=1e-6)
+
+
 def test_maskcon_exp_underflow_stays_defined():
     # Every same-coarse entry is nearly opposite the key, and T is tiny: exp(s / T) underflows.
     key, queue = keys_with_cosines([-0.9, -0.95, -1.0, 0.5])
