@@ -20,7 +20,7 @@ from typing import Any
 
 
 from .config import TrainConfig
-from .report import collect_runs, markdown_table, plot_recall_bars, summarise
+from .report import collect_runs, markdown_table, per_epoch_table, plot_recall_bars, summarise
 from .runio import CONFIG_FILE, RESULTS_FILE, environment_info, write_json
 from .cli import build_parser as build_train_parser
 from .cli import config_from_args
@@ -97,7 +97,9 @@ def write_comparison(out_dir: str | Path) -> str:
         f"{environment.get('device')}, {environment.get('cpu_count')} CPUs. Fine-label "
         f"Recall@K, MAP@R and kNN accuracy in %, mean ± sample std over seeds.\n\n"
     )
-    (out_dir / "comparison.md").write_text(header + table, encoding="utf-8")
+    epochs = "\nPer epoch, means over seeds (fine mass: share of the target's queue mass on the " \
+             "sample's own fine class):\n\n" + per_epoch_table(runs)
+    (out_dir / "comparison.md").write_text(header + table + epochs, encoding="utf-8")
     write_json(out_dir / "comparison.json", [
         {**row, "recall": {str(k): v for k, v in row["recall"].items()}} for row in rows
     ])

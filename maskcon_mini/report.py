@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 from .runio import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_json, read_jsonl
 
-__all__ = ["RunRecord", "collect_runs", "summarise", "markdown_table", "plot_recall_bars",
-           "run_label"]
+__all__ = ["RunRecord", "collect_runs", "summarise", "markdown_table", "per_epoch_table",
+           "plot_recall_bars", "run_label"]
 
 
 @dataclass
@@ -172,3 +172,38 @@ def plot_recall_bars(rows: list[dict[str, Any]], path: str | Path | None = None,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, format="png")
     return figure
+
+
+def per_epoch_table(runs: list[RunRecord], columns: Iterable[str] = (
+        "loss", "recall_at_1", "fine_mass", "supcon_fine_mass")) -> str:
+    """Return a compact markdown table: one row per method and epoch, means over seeds.
+
+    ``recall_at_1`` is read from each epoch's ``recall`` entry; epochs that were not scored
+    show "-". ``fine_mass`` is the share of the target's queue mass on the sample's own fine
+    class, and ``supcon_fine_mass`` the same share for SupCon's targets on the same queue.
+    """
+    columns = list(columns)
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.metrics:
+            groups.setdefault(run.label, []).append(run)
+
+    lines = ["| method | epoch | " + " | ".join(columns) + " |",
+             "|" + "---|" * (2 + len(columns))]
+    for label, members in sorted(groups.items(), key=lambda item: _row_order(item[0])):
+        epochs = max(len(member.metrics) for member in members)
+        for epoch in range(epochs):
+            records = [m.metrics[epoch] for m in members if epoch < len(m.metrics)]
+            cells = [label, str(epoch + 1)]
+            for column in columns:
+                values = [_epoch_value(record, column) for record in records]
+                mean, _ = _mean_and_spread([v for v in values if v is not None])
+                cells.append("-" if math.isnan(mean) else f"{mean:.4f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _epoch_value(record: dict[str, Any], column: str) -> float | None:
+    if column == "recall_at_1":
+        return record.get("recall", {}).get("1")
+    return record.get(column)

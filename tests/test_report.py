@@ -5,8 +5,9 @@ import statistics
 
 import pytest
 
-from maskcon_mini.report import collect_runs, markdown_table, plot_recall_bars, run_label, summarise
-from maskcon_mini.runio import write_json
+from maskcon_mini.report import (collect_runs, markdown_table, per_epoch_table, plot_recall_bars,
+                                 run_label, summarise)
+from maskcon_mini.runio import write_json, write_jsonl
 
 
 def fake_run(folder, method, seed, recall_1, **config):
@@ -70,3 +71,17 @@ def test_recall_bar_plot_rejects_bad_input(tmp_path):
     fake_run(tmp_path / "a", "supcon", 1, 0.3)
     with pytest.raises(ValueError, match=r"K=\[5\] is not in the runs"):
         plot_recall_bars(summarise(collect_runs(tmp_path)), ks=(1, 5))
+
+
+def test_per_epoch_table_averages_seeds(tmp_path):
+    for seed, masses in ((1, (0.30, 0.34)), (2, (0.32, 0.36))):
+        folder = tmp_path / f"maskcon-{seed}"
+        fake_run(folder, "maskcon", seed, 0.4)
+        write_jsonl(folder / "metrics.jsonl", [
+            {"epoch": 1, "loss": 7.0, "fine_mass": masses[0], "supcon_fine_mass": 0.25},
+            {"epoch": 2, "loss": 6.0, "fine_mass": masses[1], "supcon_fine_mass": 0.25,
+             "recall": {"1": 0.4}},
+        ])
+    lines = per_epoch_table(collect_runs(tmp_path)).splitlines()
+    assert lines[2] == "| maskcon (w=0.5, T=0.05) | 1 | 7.0000 | - | 0.3100 | 0.2500 |"
+    assert lines[3] == "| maskcon (w=0.5, T=0.05) | 2 | 6.0000 | 0.4000 | 0.3500 | 0.2500 |"
