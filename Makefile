@@ -12,8 +12,10 @@ SHARED_DATA ?= ../shared/data
 OUT ?= runs/compare
 SEEDS ?= 1228
 PRESET ?= cpu
+METHODS ?= maskcon,supcon,selfcon
+SWEEP_OUT ?= runs/sweep
 
-.PHONY: install data demo test figures clean
+.PHONY: install data demo test sweep notebooks clean
 
 install: $(STAMP)
 
@@ -39,8 +41,23 @@ demo: $(STAMP) data
 test: $(STAMP)
 	$(PY) -m pytest
 
-figures: $(STAMP) data
-	MASKCON_DATA_ROOT=$(abspath $(DATA_ROOT)) $(PY) -m maskcon_mini.figures
+# Notebook 03 for every method and seed (papermill), then notebook 04 over the run folders.
+sweep: $(STAMP) data
+	$(PY) scripts/sweep.py --methods $(METHODS) --seeds $(SEEDS) --preset $(PRESET) \
+		--out $(SWEEP_OUT) --data-root $(DATA_ROOT) \
+		$$( [ -f $(DATA_ROOT)/cifar10/.complete ] || echo -p download true )
+
+# Re-execute the committed notebooks in place; they save their figures into figures/.
+NOTEBOOK_ENV := MASKCON_DATA_ROOT=$(abspath $(DATA_ROOT)) MASKCON_NOTEBOOK_OUTPUT=$(abspath figures)
+notebooks: $(STAMP) data
+	$(NOTEBOOK_ENV) $(PY) -m papermill notebooks/01_soft_labels.ipynb notebooks/01_soft_labels.ipynb -k python3
+	$(NOTEBOOK_ENV) $(PY) -m papermill notebooks/02_special_cases.ipynb notebooks/02_special_cases.ipynb -k python3
+	$(NOTEBOOK_ENV) MASKCON_RUNS_DIR=$(abspath runs/notebook-03) $(PY) -m papermill \
+		notebooks/03_train_cifar.ipynb notebooks/03_train_cifar.ipynb -k python3
+	$(PY) scripts/sweep.py --methods maskcon,supcon --seeds 1228,1229 --preset smoke \
+		--out runs/smoke-sweep --data-root $(DATA_ROOT)
+	$(NOTEBOOK_ENV) MASKCON_RUNS_DIR=$(abspath runs/smoke-sweep) $(PY) -m papermill \
+		notebooks/04_results.ipynb notebooks/04_results.ipynb -k python3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

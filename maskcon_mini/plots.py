@@ -429,3 +429,413 @@ def plot_sample_relations(
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+# Results figures: training curves, the fine-mass diagnostic, 2-D maps of embeddings and
+# retrieval grids (notebooks 03 and 04).
+
+__all__ += [
+    "plot_embedding_2d",
+    "plot_fine_mass",
+    "plot_retrieval_grid",
+    "plot_training_curves",
+    "project_2d",
+]
+
+# Markers of the coarse classes in a 2-D map. They repeat after the eighth coarse class.
+COARSE_MARKERS = ("o", "^", "s", "D", "P", "X", "v", "*")
+# A colour legend of the fine classes is drawn only up to this many classes.
+MAX_LEGEND_CLASSES = 20
+# Frame and caption colour of a retrieved neighbour whose fine class differs from the query's.
+WRONG_COLOR = "#d62728"
+
+
+def _runs_by_label(runs, name: str) -> dict[str, list[list[Mapping]]]:
+    """Normalise the ``runs`` argument of the curve plots to label -> list of runs' epoch records.
+
+    Accepted forms: one run's records (a sequence of dicts, as in ``metrics.jsonl``), a mapping
+    label -> one run's records, or a mapping label -> several runs' records (one per seed).
+    """
+    if isinstance(runs, Mapping):
+        groups = dict(runs)
+    elif isinstance(runs, Sequence) and not isinstance(runs, (str, bytes)):
+        groups = {"run": runs}
+    else:
+        raise ValueError(f"{name} must be a list of epoch records or a mapping label -> runs, "
+                         f"got {type(runs).__name__}.")
+    if not groups:
+        raise ValueError(f"{name} is empty; pass the epoch records of at least one run.")
+
+    normalised = {}
+    for label, members in groups.items():
+        members = list(members)
+        if not members:
+            raise ValueError(f"{name}[{label!r}] contains no epoch records.")
+        if isinstance(members[0], Mapping):
+            members = [members]
+        for records in members:
+            records = list(records)
+            if not records or not all(isinstance(r, Mapping) and "epoch" in r for r in records):
+                raise ValueError(
+                    f"{name}[{label!r}] must contain epoch records (dicts with an 'epoch' key, as "
+                    f"in metrics.jsonl), got {records[:1]!r}."
+                )
+        normalised[str(label)] = [list(records) for records in members]
+    return normalised
+
+
+def _series(runs: list[list[Mapping]], value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return epochs, means and sample standard deviations over runs of ``value(record)``.
+
+    Epochs where ``value`` returns None or NaN for a run are left out for that run only.
+    """
+    by_epoch: dict[int, list[float]] = {}
+    for records in runs:
+        for record in records:
+            number = value(record)
+            if number is None or not math.isfinite(float(number)):
+                continue
+            by_epoch.setdefault(int(record["epoch"]), []).append(float(number))
+    epochs = np.array(sorted(by_epoch), dtype=np.int64)
+    means = np.array([np.mean(by_epoch[e]) for e in epochs])
+    spreads = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0
+                        for e in epochs])
+    return epochs, means, spreads
+
+
+def _draw_series(ax, epochs, means, spreads, **style) -> None:
+    if len(epochs) == 0:
+        return
+    ax.plot(epochs, means, marker="o", markersize=3, **style)
+    if np.any(spreads > 0):
+        ax.fill_between(epochs, means - spreads, means + spreads, color=style.get("color"),
+                        alpha=0.15, linewidth=0)
+
+
+def _recall_value(record: Mapping, k: int) -> float | None:
+    # metrics.jsonl stores the K values as strings, the records passed to on_epoch_end as ints.
+    recall = record.get("recall", {})
+    return recall.get(str(k), recall.get(k))
+
+
+def _recall_ks(runs: dict[str, list[list[Mapping]]]) -> list[int]:
+    ks = {int(k) for members in runs.values() for records in members for record in records
+          for k in record.get("recall", {})}
+    return sorted(ks)
+
+
+def plot_training_curves(runs, *, ks: Sequence[int] | None = None,
+                         title: str | None = None) -> Figure:
+    """Draw the training loss and the fine Recall@K on the test set against the epoch.
+
+    Args:
+        runs: one run's epoch records (the rows of ``metrics.jsonl``), or a mapping label ->
+            records of one run or a list of several runs (for example one per seed). Several
+            runs of a label are drawn as their mean with a band of ± one sample std.
+        ks: the K values of Recall@K to draw. The default is every K in the records for a
+            single label, and K = 1 for several labels.
+        title: title of the whole figure.
+
+    Returns:
+        A Figure with two axes, titled "training loss" and "fine Recall@K (test set)". Recall
+        exists only for the scored epochs (``eval_every``), so its curve may have fewer points.
+
+    Raises:
+        ValueError: for an empty input, records without an ``epoch`` key, or a K that no
+            record has.
+    """
+    groups = _runs_by_label(runs, "runs")
+    available = _recall_ks(groups)
+    if ks is None:
+        ks = available if len(groups) == 1 else available[:1]
+    ks = [int(k) for k in ks]
+    missing = [k for k in ks if k not in available]
+    if missing:
+        raise ValueError(f"Recall@K for K={missing} is not in the records; available: {available}.")
+
+    figure, (loss_ax, recall_ax) = plt.subplots(1, 2, figsize=(9.0, 3.4), layout="constrained")
+    line_styles = ("-", "--", ":", "-.")
+    for index, (label, members) in enumerate(groups.items()):
+        color = f"C{index % 10}"
+        epochs, means, spreads = _series(members, lambda r: r.get("loss"))
+        _draw_series(loss_ax, epochs, means, spreads, color=color, label=label)
+        for k_index, k in enumerate(ks):
+            epochs, means, spreads = _series(members, lambda r, k=k: _recall_value(r, k))
+            if len(groups) == 1:
+                style = dict(color=f"C{k_index % 10}", label=f"R@{k}")
+            else:
+                style = dict(color=color, label=f"{label}, R@{k}")
+            _draw_series(recall_ax, epochs, means * 100, spreads * 100,
+                         linestyle=line_styles[k_index % len(line_styles)], **style)
+
+    loss_ax.set_title("training loss", fontsize=10)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss (epoch mean)")
+    recall_ax.set_title("fine Recall@K (test set)", fontsize=10)
+    recall_ax.set_xlabel("epoch")
+    recall_ax.set_ylabel("Recall@K (%)")
+    for ax in (loss_ax, recall_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(groups) > 1:
+        loss_ax.legend(fontsize=7)
+    if recall_ax.get_legend_handles_labels()[0]:
+        recall_ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def plot_fine_mass(runs, *, title: str | None = None) -> Figure:
+    """Draw the fine-mass diagnostic against the epoch: the method's targets and SupCon's.
+
+    The fine mass of a target row is the share of its queue mass that falls on queue entries
+    of the sample's own fine class. ``metrics.jsonl`` stores its epoch mean as ``fine_mass``
+    (the method's targets) and ``supcon_fine_mass`` (SupCon's targets on the same queue).
+    SupCon spreads the mass evenly over the sample's coarse class, so its value stays near
+    the share of the sample's fine class in that coarse class. A method whose curve rises
+    above it has learned to put mass on the right fine class without fine labels.
+
+    Args:
+        runs: as for ``plot_training_curves``.
+        title: title of the axis (default: a description of the two line styles).
+
+    Returns:
+        A Figure with one axis. Each label has a solid line (its own targets) and a dashed line
+        in the same colour (SupCon's targets on its queue). Runs without queue mass, such as
+        SelfCon, have no solid line.
+
+    Raises:
+        ValueError: for an empty input or records without an ``epoch`` key.
+    """
+    groups = _runs_by_label(runs, "runs")
+    figure, ax = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
+    for index, (label, members) in enumerate(groups.items()):
+        color = f"C{index % 10}"
+        epochs, means, spreads = _series(members, lambda r: r.get("fine_mass"))
+        _draw_series(ax, epochs, means, spreads, color=color, label=f"{label}: its targets")
+        epochs, means, spreads = _series(members, lambda r: r.get("supcon_fine_mass"))
+        _draw_series(ax, epochs, means, spreads, color=color, linestyle="--",
+                     label=f"{label}: SupCon targets on the same queue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("queue mass on own fine class")
+    ax.set_ylim(bottom=0.0)
+    ax.set_title(title or "fine mass: solid = method's targets, dashed = SupCon's", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return figure
+
+
+def project_2d(features, *, method: str = "auto", seed: int = 0, perplexity: float = 30.0,
+               threads: int | None = 1) -> tuple[np.ndarray, str]:
+    """Map L2-normalised features [N, d] to 2-D points with t-SNE or PCA.
+
+    Args:
+        features: embeddings [N, d] (tensor or array); each row is L2-normalised first, because
+            retrieval compares embeddings by cosine similarity.
+        method: ``"tsne"`` (needs scikit-learn), ``"pca"`` (torch only) or ``"auto"``, which
+            takes t-SNE when scikit-learn is installed and PCA otherwise.
+        seed: random state of t-SNE.
+        perplexity: t-SNE perplexity, lowered to (N - 1) / 3 for small N.
+        threads: OpenMP threads of t-SNE; None lets OpenMP choose. The default of 1 suits the
+            few thousand points of a plot, where synchronising threads costs more than it saves.
+
+    Returns:
+        ``(points [N, 2] float64, name)`` where name is ``"t-SNE"`` or ``"PCA"``.
+
+    Raises:
+        ValueError: for an unknown method, fewer than 3 rows, or non-finite features.
+        ImportError: for ``method="tsne"`` without scikit-learn.
+    """
+    if method not in ("auto", "tsne", "pca"):
+        raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}.")
+    array = _as_array(features, "features", 2)
+    if array.shape[0] < 3:
+        raise ValueError(f"features must have at least 3 rows for a 2-D map, got {array.shape[0]}.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("features contain NaN or inf; check the model output.")
+    array = array / np.clip(np.linalg.norm(array, axis=1, keepdims=True), 1e-12, None)
+
+    if method == "auto":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            method = "pca"
+        else:
+            method = "tsne"
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError as error:
+            raise ImportError("method='tsne' needs scikit-learn: pip install scikit-learn, "
+                              "or use method='pca'.") from error
+        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+        perplexity = min(float(perplexity), max(1.0, (array.shape[0] - 1) / 3))
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            points = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                          learning_rate="auto", random_state=seed).fit_transform(array)
+        return np.asarray(points, dtype=np.float64), "t-SNE"
+
+    centred = torch.from_numpy(array - array.mean(axis=0, keepdims=True))
+    _, _, right = torch.linalg.svd(centred, full_matrices=False)
+    components = right[:2].T  # [d, min(2, d)]
+    # Fix the sign of each component, which SVD leaves arbitrary, so reruns draw the same map.
+    largest = components.abs().argmax(dim=0)
+    signs = torch.sign(components[largest, torch.arange(components.shape[1])])
+    points = (centred @ (components * torch.where(signs == 0, 1.0, signs))).numpy()
+    if points.shape[1] < 2:  # features with d = 1 give one component
+        points = np.concatenate([points, np.zeros((points.shape[0], 1))], axis=1)
+    return points, "PCA"
+
+
+def plot_embedding_2d(
+    panels: Mapping[str, np.ndarray | torch.Tensor],
+    fine_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    coarse_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    *,
+    fine_names: Sequence[str] | None = None,
+    coarse_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw 2-D maps of the same images, coloured by fine class with one marker per coarse class.
+
+    Args:
+        panels: title -> points [N, 2] (for example from ``project_2d``), one panel per model.
+            Every panel must show the same N images in the same order.
+        fine_labels: N fine labels (colours).
+        coarse_labels: N coarse labels (markers).
+        fine_names, coarse_names: class names for the legends (default: the label numbers).
+        title: title of the whole figure.
+
+    Returns:
+        A Figure with one axis per panel, titled with the panel's key. The fine-class legend
+        is drawn only up to 20 fine classes, because colours repeat after that.
+
+    Raises:
+        ValueError: for no panels, points that are not [N, 2], or label lists whose length
+            is not N.
+    """
+    if not isinstance(panels, Mapping) or not panels:
+        raise ValueError("panels must be a non-empty mapping of title -> points [N, 2].")
+    arrays = {str(name): _as_array(points, f"panel {name!r}", 2) for name, points in panels.items()}
+    shapes = {array.shape for array in arrays.values()}
+    if len(shapes) != 1 or next(iter(shapes))[1] != 2:
+        raise ValueError(
+            f"every panel must have shape [N, 2] with the same N, got {sorted(shapes)}.")
+    count = next(iter(shapes))[0]
+    fine = np.asarray(_check_length(np.asarray(fine_labels).tolist(), count, "fine_labels",
+                                    "point"), dtype=np.int64)
+    coarse = np.asarray(_check_length(np.asarray(coarse_labels).tolist(), count, "coarse_labels",
+                                      "point"), dtype=np.int64)
+    fine_classes = sorted(set(fine.tolist()))
+    coarse_classes = sorted(set(coarse.tolist()))
+    fine_names = list(fine_names) if fine_names is not None else None
+    coarse_names = list(coarse_names) if coarse_names is not None else None
+    colormap = plt.get_cmap("tab10" if len(fine_classes) <= 10 else "tab20")
+
+    figure, axes = plt.subplots(1, len(arrays), figsize=(4.2 * len(arrays) + 1.8, 4.2),
+                                squeeze=False, layout="constrained")
+    for ax, (name, points) in zip(axes[0], arrays.items()):
+        for coarse_index, coarse_class in enumerate(coarse_classes):
+            for fine_index, fine_class in enumerate(fine_classes):
+                chosen = (coarse == coarse_class) & (fine == fine_class)
+                if not chosen.any():
+                    continue
+                ax.scatter(points[chosen, 0], points[chosen, 1], s=9, alpha=0.75, linewidths=0,
+                           color=colormap(fine_index % colormap.N),
+                           marker=COARSE_MARKERS[coarse_index % len(COARSE_MARKERS)])
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    handles = []
+    if len(fine_classes) <= MAX_LEGEND_CLASSES:
+        for fine_index, fine_class in enumerate(fine_classes):
+            label = fine_names[fine_class] if fine_names else str(fine_class)
+            handles.append(plt.Line2D([], [], linestyle="", marker="o", markersize=5,
+                                      color=colormap(fine_index % colormap.N), label=label))
+    for coarse_index, coarse_class in enumerate(coarse_classes):
+        label = coarse_names[coarse_class] if coarse_names else f"coarse {coarse_class}"
+        handles.append(plt.Line2D([], [], linestyle="", markersize=5, color="black",
+                                  marker=COARSE_MARKERS[coarse_index % len(COARSE_MARKERS)],
+                                  label=label))
+    figure.legend(handles=handles, loc="outside right center", fontsize=7, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def plot_retrieval_grid(
+    query_images: Sequence,
+    neighbour_images: Sequence[Sequence],
+    query_labels: Sequence[int],
+    neighbour_labels: Sequence[Sequence[int]],
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw each query image followed by its nearest neighbours; wrong fine classes get a red frame.
+
+    Args:
+        query_images: Q images (PIL, HxWx3 uint8 array, or float array or 3xHxW tensor in [0, 1]).
+        neighbour_images: Q lists of k images each, nearest first.
+        query_labels: Q fine labels.
+        neighbour_labels: Q lists of k fine labels.
+        class_names: names of the fine classes, for the captions (default: the label numbers).
+        title: title of the whole figure.
+
+    Returns:
+        A Figure with Q rows of 1 + k image axes. Each caption is the image's class. A
+        neighbour whose fine label differs from its query's has a red frame and a red caption.
+
+    Raises:
+        ValueError: for no queries, rows of different lengths, label lists that do not match
+            the images, or an image that is not RGB.
+    """
+    queries = list(query_images)
+    if not queries:
+        raise ValueError("query_images is empty; pass at least one query.")
+    rows = _check_length(neighbour_images, len(queries), "neighbour_images", "query")
+    query_labels = [int(label) for label in
+                    _check_length(query_labels, len(queries), "query_labels", "query")]
+    label_rows = _check_length(neighbour_labels, len(queries), "neighbour_labels", "query")
+    k = len(list(rows[0]))
+    if k < 1:
+        raise ValueError("each query needs at least one neighbour.")
+    rows = [_check_length(row, k, f"neighbour_images[{i}]", "neighbour")
+            for i, row in enumerate(rows)]
+    label_rows = [[int(label) for label in
+                   _check_length(labels, k, f"neighbour_labels[{i}]", "neighbour")]
+                  for i, labels in enumerate(label_rows)]
+
+    def caption(label: int) -> str:
+        return class_names[label] if class_names is not None else str(label)
+
+    cell = 0.65  # inches per image
+    figure, axes = plt.subplots(len(queries), k + 1,
+                                figsize=(cell * (k + 1) + 0.4, cell * 1.2 * len(queries) + 0.5),
+                                squeeze=False, layout="constrained")
+    for i, (query, row) in enumerate(zip(queries, rows)):
+        axes[i, 0].imshow(_as_display_image(query, f"query_images[{i}]"), interpolation="nearest")
+        axes[i, 0].set_title(f"query: {caption(query_labels[i])}", fontsize=6, fontweight="bold")
+        for spine in axes[i, 0].spines.values():
+            spine.set_edgecolor("black")
+            spine.set_linewidth(2.0)
+        for j, (image, label) in enumerate(zip(row, label_rows[i]), start=1):
+            ax = axes[i, j]
+            picture = _as_display_image(image, f"neighbour_images[{i}][{j - 1}]")
+            ax.imshow(picture, interpolation="nearest")
+            wrong = label != query_labels[i]
+            ax.set_title(caption(label), fontsize=6, color=WRONG_COLOR if wrong else "black")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(WRONG_COLOR if wrong else OTHER_COLOR)
+                spine.set_linewidth(2.5 if wrong else 0.5)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
