@@ -136,7 +136,7 @@ def load_pretrained_weights(
         The names of the parameters that were loaded.
 
     Raises:
-        FileNotFoundError: if the file does not exist (the message says how to get it).
+        FileNotFoundError: if the file does not exist (the message explains how to get the weights).
     """
     path = _imagenet_weight_path(name) if str(source) == "imagenet" else Path(source)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """One validated configuration object for a training run, and its presets.
 
-``TrainConfig`` holds every hyper-parameter of a run. It is validated when created, so a bad
+``TrainConfig`` contains every hyper-parameter of a run. It is validated when created, so a bad
 value fails before any data is read or any file is written. ``make_config(preset, **overrides)``
 starts from a preset:
 
@@ -46,7 +46,7 @@ class TrainConfig:
         image_size: side of the square crops, in pixels.
         query_view / key_view: augmentation of each view, ``"weak"``, ``"strong"`` or ``"test"``.
         num_workers: DataLoader worker processes (0 loads in the main process).
-        train_labels: ``"coarse"`` (the setting of the paper) or ``"fine"`` (the oracle that
+        train_labels: ``"coarse"`` (the MaskCon setting) or ``"fine"`` (the oracle that
             sees fine labels; for teaching and as an upper reference).
     Model:
         backbone: one of ``BACKBONES``; width: first-stage width of ``"convnet"``.

@@ -50,7 +50,7 @@ class KeyQueue(nn.Module):
 
     @property
     def is_full(self) -> bool:
-        """Whether every slot holds a real key."""
+        """Whether every slot contains a real key."""
         return bool(self.filled.all())
 
     @property

@@ -5,7 +5,7 @@ Command line (every ``TrainConfig`` field can be overridden; see ``--help``)::
     python -m maskcon_mini.train --preset cpu --method maskcon --dataset cifartoy_good \\
         --data-root DIR --out runs/maskcon
 
-A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``results.json``
+A run folder contains ``config.json``, ``metrics.jsonl`` (one line per epoch), ``results.json``
 (final metrics) and ``checkpoint.pt`` (model, optimiser, schedule, queue and RNG states, saved
 after every epoch). ``--resume`` continues an interrupted run exactly where its last checkpoint
 ended.
@@ -173,7 +173,7 @@ def prepare_run_folder(out_dir: Path, config: TrainConfig, resume: bool, overwri
     """Check the run folder before any work; return True when a checkpoint will be resumed.
 
     Raises:
-        FileExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        FileExistsError: the folder contains a run and neither ``resume`` nor ``overwrite`` is set.
         ValueError: ``resume`` with a config that differs from the saved one.
     """
     has_run = (out_dir / CONFIG_FILE).exists()
@@ -189,7 +189,7 @@ def prepare_run_folder(out_dir: Path, config: TrainConfig, resume: bool, overwri
         return True
     if has_run and not overwrite and not resume:
         raise FileExistsError(
-            f"{out_dir} already holds a run ({CONFIG_FILE} exists). Pass resume=True "
+            f"{out_dir} already contains a run ({CONFIG_FILE} exists). Pass resume=True "
             f"(--resume) to continue it, overwrite=True (--overwrite) to replace it, or choose "
             f"another output folder."
         )
@@ -366,7 +366,7 @@ def train(
         The ``results.json`` content, or the last epoch record when stopped early.
 
     Raises:
-        FileExistsError: ``out_dir`` holds a run and neither resume nor overwrite is set.
+        FileExistsError: ``out_dir`` contains a run and neither resume nor overwrite is set.
         ValueError: a resume with a different config, or an unavailable device.
         FileNotFoundError: the dataset is missing (the message names both fixes).
     """
