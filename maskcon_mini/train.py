@@ -479,10 +479,25 @@ def _write_results(out_dir, config, records, state, device, started) -> dict[str
         "supcon_fine_mass": final.get("supcon_fine_mass"),
         "train_seconds": state["elapsed"],
         "wall_seconds_this_call": time.time() - started,
+        "process_peak_rss_mib": peak_rss_mib(),
         "environment": environment_info(device),
     }
     write_json(out_dir / RESULTS_FILE, results)
     return results
+
+
+def peak_rss_mib() -> float | None:
+    """Return this process's peak resident memory in MiB, or None where it is unknown.
+
+    It covers the whole process so far: several runs in one process share one peak.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def format_record(record: dict[str, Any]) -> str:
