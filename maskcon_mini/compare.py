@@ -4,9 +4,10 @@
 
 trains MaskCon, SupCon (coarse labels) and SelfCon with the same preset and seeds, scores the
 untrained network as the floor (and, with ``--oracle``, SupCon on fine labels as the ceiling),
-and writes ``comparison.md`` (a markdown table), ``comparison.json`` and ``comparison.png``
-(a bar plot) into the output folder. Finished runs are kept: running the command again
-resumes unfinished runs and skips finished ones.
+and writes ``comparison.md`` (a markdown table with a per-epoch table), ``comparison.json``,
+``comparison.png`` (a bar plot), ``curves.png`` (loss and R@1 per epoch) and
+``fine_mass.png`` (the fine-class target mass per epoch) into the output folder. Finished
+runs are kept: running the command again resumes unfinished runs and skips finished ones.
 """
 
 from __future__ import annotations
@@ -106,7 +107,25 @@ def write_comparison(out_dir: str | Path) -> str:
     ks = [k for k in (1, 2, 5, 10) if rows and k in rows[0]["recall"]]
     if ks:
         plot_recall_bars(rows, out_dir / "comparison.png", ks=ks)
+    _plot_curves(runs, out_dir)
     return table
+
+
+def _plot_curves(runs, out_dir: Path) -> None:
+    """Write curves.png (loss, R@1) and fine_mass.png over the runs that have epoch records."""
+    from .plots import plot_fine_mass, plot_training_curves, save_figure
+
+    groups: dict[str, list] = {}
+    for run in runs:
+        if run.metrics:
+            groups.setdefault(run.label, []).append(run.metrics)
+    if not groups:
+        return
+    save_figure(plot_training_curves(groups, ks=[1]), out_dir / "curves.png")
+    with_mass = {label: members for label, members in groups.items()
+                 if any("fine_mass" in record for record in members[0])}
+    if with_mass:
+        save_figure(plot_fine_mass(with_mass), out_dir / "fine_mass.png")
 
 
 def build_parser() -> argparse.ArgumentParser:

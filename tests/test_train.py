@@ -278,7 +278,8 @@ def test_comparison_writes_table_and_plot(cifar10_root, tmp_path):
     assert lines[0].startswith("| method | runs | R@1 | R@2 | R@5 |")
     labels = [line.split("|")[1].strip() for line in lines[2:]]
     assert labels == ["untrained (floor)", "selfcon", "maskcon (w=0.5, T=0.05)"]
-    assert (tmp_path / "comparison.png").stat().st_size > 1000
+    for figure in ("comparison.png", "curves.png", "fine_mass.png"):
+        assert (tmp_path / figure).stat().st_size > 1000, figure
     assert (tmp_path / "comparison.md").read_text().count("\n|") >= 3
     rows = json.loads((tmp_path / "comparison.json").read_text())
     assert {row["label"] for row in rows} == set(labels)
