@@ -7,7 +7,7 @@ starts from a preset:
 - ``paper``: the official MaskCon code's CIFAR settings (ResNet-18 with the CIFAR stem,
   K=8192, m=0.99, T0=0.1, T=0.05, SGD lr 0.02, batch 128, 200 epochs), trained from scratch.
 - ``colab``: a ResNet-18 budget that a free Colab GPU finishes in well under an hour.
-- ``cpu``: a small convnet that trains in about 10 minutes per method on 2 CPU cores.
+- ``cpu``: a small convnet that trains in about 3.5 minutes per method on 2 idle CPU cores.
 - ``smoke``: seconds, for tests and for checking an installation.
 """
 
