@@ -23,6 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_soft_labels.ipynb", "02_special_cases.ipynb")
 SANITIZE_CONFIG = NOTEBOOK_DIR / "nbval_sanitize.cfg"
+CELL_TIMEOUT_S = 600
+KERNEL_START_TIMEOUT_S = 180
 COLAB_URL = "https://colab.research.google.com/github/maskcon-mini/maskcon-mini/blob/main/notebooks/"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_NOTEBOOK_BYTES = 1_000_000
@@ -41,6 +43,9 @@ def execute(name: str, tmp_path: Path, **parameters):
         kernel_name="python3",
         cwd=str(tmp_path),
         progress_bar=False,
+        # A cell or kernel start that hangs fails the test instead of stalling the suite.
+        execution_timeout=CELL_TIMEOUT_S,
+        start_timeout=KERNEL_START_TIMEOUT_S,
     )
     return nbformat.read(output, as_version=4)
 

@@ -31,6 +31,8 @@ TRAIN_NOTEBOOK = "03_train_cifar.ipynb"
 RESULTS_NOTEBOOK = "04_results.ipynb"
 NOTEBOOKS = (TRAIN_NOTEBOOK, RESULTS_NOTEBOOK)
 SANITIZE_CONFIG = NOTEBOOK_DIR / "nbval_sanitize.cfg"
+CELL_TIMEOUT_S = 600
+KERNEL_START_TIMEOUT_S = 180
 NBVAL_RUNS_DIR = REPO_ROOT / ".cache" / "notebook-runs"
 COLAB_URL = "https://colab.research.google.com/github/maskcon-mini/maskcon-mini/blob/main/notebooks/"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,6 +55,9 @@ def execute(name: str, tmp_path: Path, **parameters):
         kernel_name="python3",
         cwd=str(tmp_path),
         progress_bar=False,
+        # A cell or kernel start that hangs fails the test instead of stalling the suite.
+        execution_timeout=CELL_TIMEOUT_S,
+        start_timeout=KERNEL_START_TIMEOUT_S,
     )
     return nbformat.read(output, as_version=4)
 
