@@ -244,6 +244,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         sgd_momentum=0.9, weight_decay=5e-4, batch_size=128, epochs=200, warmup_epochs=5,
         query_view="strong", key_view="weak", eval_every=10, num_workers=4,
     ),
+    # NOTE: the colab budget (30 epochs of ResNet-18 in well under an hour on a free Colab
+    # GPU) is an estimate from the step's FLOP count and the loader's CPU throughput here. It
+    # has not been timed on a GPU.
     "colab": dict(
         backbone="resnet18", projection_dim=256, hidden_dim=512, queue_size=8192, momentum=0.99,
         contrastive_temperature=0.1, target_temperature=0.05, weight=0.5, lr=0.06,
