@@ -16,10 +16,11 @@ from .config import PRESETS, TrainConfig, field_names, make_config
 from .runio import RESULTS_FILE
 from .train import train
 
-__all__ = ["build_parser", "config_from_args", "train_main"]
+__all__ = ["build_parser", "config_from_args", "parse_value", "train_main"]
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """Convert an option value to None, a bool, inf, an int, a float, or else keep the string."""
     lowered = text.lower()
     if lowered in ("none", "null"):
         return None
@@ -92,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         elif name in ("data_root", "pretrained"):
             overrides[name] = None if text.lower() == "none" else text
         else:
-            overrides[name] = _parse_value(text)
+            overrides[name] = parse_value(text)
     return make_config(args.preset, **overrides)
 
 

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from maskcon_mini.cli import parse_value
 from maskcon_mini.config import PRESETS
 from maskcon_mini.losses import METHODS
 
@@ -40,21 +41,6 @@ SWEEP_PARAMETERS = ("method", "seed", "train_labels", "preset", "runs_root", "ru
                     "figures_dir", "resume", "quick_cpu_run", "data_root")
 
 logger = logging.getLogger("maskcon_mini.sweep")
-
-
-def parse_value(text: str) -> Any:
-    """Convert a command-line value to None, a bool, an int, a float or else keep the string."""
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def plan_runs(methods: list[str], seeds: list[int], oracle: bool) -> list[dict[str, Any]]:
