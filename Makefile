@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 # one, otherwise downloaded by torchvision into DATA_ROOT.
 DATA_ROOT ?= data
 SHARED_DATA ?= ../shared/data
-OUT ?= runs/compare
 SEEDS ?= 1228
 PRESET ?= cpu
+# One folder per preset, so a quick smoke demo never mixes with the real runs.
+OUT ?= runs/compare-$(PRESET)
 METHODS ?= maskcon,supcon,selfcon
 SWEEP_OUT ?= runs/sweep
 

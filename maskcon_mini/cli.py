@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,38 @@ FIELD_HELP = {
     "device": "auto, cpu, cuda or mps",
     "amp": "autocast on CUDA: auto, none, bf16 or fp16",
     "seed": "random seed (>= 0)",
+    "dataset": "cifar100, cifartoy_good, cifartoy_bad or imagefolder",
+    "download": "true lets torchvision download the dataset (needs a network)",
+    "in_memory": "true decodes every image once into memory before training",
+    "image_size": "side of the square crops, in pixels (>= 1)",
+    "query_view": "augmentation of the query view: weak, strong or test",
+    "key_view": "augmentation of the key view: weak, strong or test",
+    "num_workers": "DataLoader worker processes (>= 0; 0 loads in the main process)",
+    "train_labels": "coarse (the MaskCon setting) or fine (the fine-label oracle)",
+    "backbone": "resnet18, resnet50 or convnet",
+    "width": "first-stage channels of the convnet backbone (>= 1)",
+    "projection_dim": "output dimension d of the projector (>= 1)",
+    "hidden_dim": "hidden width of the projector (>= 1)",
+    "pretrained": "none, imagenet (from torch's hub cache) or a state-dict file; ResNets only",
+    "exclude_own_keys": "true masks a sample's own stale key in the queue",
+    "method": "maskcon, supcon, selfcon, grafit or coins",
+    "sgd_momentum": "SGD momentum in [0, 1)",
+    "weight_decay": "SGD weight decay (>= 0)",
+    "eval_features": "features scored by Recall@K: backbone or projector",
+    "eval_chunk_size": "queries per similarity block in evaluation (>= 1)",
+    "channels_last": "true uses the channels_last memory format on CUDA",
+    "deterministic": "true makes torch's algorithms deterministic (reproducible CPU runs)",
 }
 
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(run_options: bool = True) -> argparse.ArgumentParser:
+    """Build the parser: the preset, the output folder, and one option per config field.
+
+    Args:
+        run_options: add ``--resume`` and ``--stop-after-epochs``, which act on one run folder.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m maskcon_mini.train",
         description="Train with coarse labels (MaskCon, SupCon, SelfCon, Grafit or CoIns) and "
@@ -67,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS),
                         help="starting point for all fields (default: cpu)")
     parser.add_argument("--out", required=True, help="run folder to write")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--stop-after-epochs", type=int, default=None,
-                        help="stop after this many epochs, leaving a checkpoint to resume")
+    if run_options:
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+        parser.add_argument("--stop-after-epochs", type=int, default=None,
+                            help="stop after this many epochs (>= 1), leaving a checkpoint "
+                                 "to resume")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     defaults = TrainConfig()
     for name in field_names():
@@ -92,6 +123,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             overrides[name] = tuple(int(k) for k in text.split(","))
         elif name in ("data_root", "pretrained"):
             overrides[name] = None if text.lower() == "none" else text
+        elif isinstance(getattr(TrainConfig(), name), bool):
+            if text.lower() not in BOOLEAN_WORDS:
+                raise ValueError(f"--{name.replace('_', '-')} must be true or false, got {text!r}.")
+            overrides[name] = BOOLEAN_WORDS[text.lower()]
         else:
             overrides[name] = parse_value(text)
     return make_config(args.preset, **overrides)
@@ -106,9 +141,18 @@ def train_main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    results = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                    stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
-    if "recall" in results:
-        recall = ", ".join(f"R@{k} {v:.4f}" for k, v in results["recall"].items())
-        print(f"{config.method}: {recall}  ->  {Path(args.out) / RESULTS_FILE}")
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        parser.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}.")
+    try:
+        results = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                        stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not (Path(args.out) / RESULTS_FILE).exists():
+        print(f"{config.method}: stopped after epoch {results.get('epoch')}; resume with "
+              f"--resume --out {args.out}")
+        return 0
+    recall = ", ".join(f"R@{k} {v:.4f}" for k, v in results["recall"].items())
+    print(f"{config.method}: {recall}  ->  {Path(args.out) / RESULTS_FILE}")
     return 0

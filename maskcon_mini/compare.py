@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .report import collect_runs, markdown_table, per_epoch_table, plot_recall_bars, summarise
-from .runio import CONFIG_FILE, RESULTS_FILE, environment_info, write_json
+from .runio import CONFIG_FILE, RESULTS_FILE, environment_info, read_json, write_json
 from .cli import build_parser as build_train_parser
 from .cli import config_from_args
 from .train import build_data, build_model, evaluate_model, resolve_device, seed_everything, train
@@ -62,15 +63,64 @@ def evaluate_untrained(config: TrainConfig, out_dir: Path) -> dict[str, Any]:
     return results
 
 
+SETTINGS_FILE = "comparison_settings.json"
+
+# Fields that differ between the runs of one comparison; every other field must be equal.
+PER_RUN_FIELDS = ("method", "seed", "train_labels")
+
+
+def check_comparison_folder(base: TrainConfig, out_dir: Path, overwrite: bool) -> None:
+    """Make sure ``out_dir`` holds no runs of other settings, which the table would average in.
+
+    The shared settings are stored in ``comparison_settings.json``. A folder with other
+    settings raises ValueError unless ``overwrite`` is set, which deletes its run folders.
+
+    Raises:
+        ValueError: the folder contains a comparison with other settings, or run folders from
+            an unknown source.
+    """
+    settings = {k: v for k, v in base.to_dict().items() if k not in PER_RUN_FIELDS}
+    settings_path = out_dir / SETTINGS_FILE
+    run_folders = [p.parent for p in out_dir.glob("*/config.json")] if out_dir.exists() else []
+    if overwrite:
+        for folder in run_folders:
+            shutil.rmtree(folder)
+        for name in (SETTINGS_FILE, "comparison.md", "comparison.json", "comparison.png",
+                     "curves.png", "fine_mass.png"):
+            (out_dir / name).unlink(missing_ok=True)
+    elif settings_path.exists():
+        saved = read_json(settings_path)
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"{out_dir} contains a comparison with other settings {changed} (saved, "
+                f"requested); its runs would be averaged with the new ones. Use another output "
+                f"folder, or overwrite=True (--overwrite) to delete the old runs."
+            )
+    elif run_folders:
+        raise ValueError(
+            f"{out_dir} contains run folders but no {SETTINGS_FILE}, so their settings are "
+            f"unknown. Use another output folder, or overwrite=True (--overwrite)."
+        )
+    write_json(settings_path, settings)
+
+
 def run_comparison(base: TrainConfig, out_dir: str | Path, *, methods=DEFAULT_METHODS,
                    seeds=(1228,), oracle: bool = False, floor: bool = True,
-                   progress: bool = True) -> str:
+                   progress: bool = True, overwrite: bool = False) -> str:
     """Train every method for every seed, score the floor, and write the comparison files.
+
+    Finished runs in ``out_dir`` are kept and unfinished ones resumed, as long as they share
+    the settings of ``base`` (see ``check_comparison_folder``).
 
     Returns:
         The markdown table that was written to ``comparison.md``.
+
+    Raises:
+        ValueError: ``out_dir`` holds runs of other settings and ``overwrite`` is not set.
     """
     out_dir = Path(out_dir)
+    check_comparison_folder(base, out_dir, overwrite)
     jobs = [(method, seed, "coarse") for seed in seeds for method in methods]
     if oracle:
         jobs += [("supcon", seed, "fine") for seed in seeds]
@@ -129,7 +179,7 @@ def _plot_curves(runs, out_dir: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = build_train_parser()
+    parser = build_train_parser(run_options=False)
     parser.prog = "python -m maskcon_mini.compare"
     parser.description = ("Train several methods with one preset and seeds, then write a "
                           "markdown table and a bar plot of fine Recall@K.")
@@ -156,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
             base.replace(method=method)
     except ValueError as error:
         parser.error(str(error))
-    table = run_comparison(base, args.out, methods=methods, seeds=seeds, oracle=args.oracle,
-                           floor=not args.no_floor, progress=not args.no_progress)
+    try:
+        table = run_comparison(base, args.out, methods=methods, seeds=seeds, oracle=args.oracle,
+                               floor=not args.no_floor, progress=not args.no_progress,
+                               overwrite=args.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(table)
-    print(f"wrote {Path(args.out) / 'comparison.md'} and {Path(args.out) / 'comparison.png'}")
+    print(f"wrote comparison.md, comparison.json, comparison.png, curves.png and fine_mass.png "
+          f"into {args.out}")
     return 0
 
 

@@ -107,10 +107,14 @@ def summarise(runs: list[RunRecord], ks: Iterable[int] | None = None) -> list[di
     return rows
 
 
-def _cell(pair: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+def _cell(pair: tuple[float, float], scale: float = 100.0, digits: int = 1,
+          runs: int = 2) -> str:
+    """Format mean ± std; a single run has no sample std, so only its value is shown."""
     mean, spread = pair
     if math.isnan(mean):
         return "-"
+    if runs < 2:
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}"
 
 
@@ -122,10 +126,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["label"], str(row["runs"])]
-        cells += [_cell(row["recall"][k]) for k in ks]
-        cells += [_cell(row["map_at_r"]), _cell(row["knn_accuracy"]),
-                  _cell(row["coarse_recall_at_1"]), _cell(row["fine_mass"], 1.0, 3),
-                  _cell(row["train_seconds"], 1.0, 0)]
+        runs = row["runs"]
+        cells += [_cell(row["recall"][k], runs=runs) for k in ks]
+        cells += [_cell(row["map_at_r"], runs=runs), _cell(row["knn_accuracy"], runs=runs),
+                  _cell(row["coarse_recall_at_1"], runs=runs),
+                  _cell(row["fine_mass"], 1.0, 3, runs=runs),
+                  _cell(row["train_seconds"], 1.0, 0, runs=runs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

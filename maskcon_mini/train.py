@@ -184,7 +184,8 @@ def prepare_run_folder(out_dir: Path, config: TrainConfig, resume: bool, overwri
         if changed:
             raise ValueError(
                 f"cannot resume {out_dir}: the config differs from the saved one in {changed} "
-                f"(saved, requested). Resume with the same settings, or use another --out."
+                f"(saved, requested). Resume with the same settings, replace the run with "
+                f"overwrite=True (--overwrite), or use another output folder."
             )
         return True
     if has_run and not overwrite and not resume:

@@ -288,3 +288,43 @@ def test_comparison_writes_table_and_plot(cifar10_root, tmp_path):
     stamp = (tmp_path / "maskcon-seed1" / "results.json").stat().st_mtime_ns
     run_comparison(base, tmp_path, methods=("maskcon", "selfcon"), seeds=(1,), progress=False)
     assert (tmp_path / "maskcon-seed1" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_train_cli_rejects_non_boolean_word(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "maskcon_mini.train", "--preset", "smoke", "--in-memory", "maybe",
+         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--in-memory must be true or false, got 'maybe'" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_reports_existing_run_without_traceback(cifar10_root, tmp_path):
+    command = [sys.executable, "-m", "maskcon_mini.train", "--preset", "smoke", "--epochs", "1",
+               "--warmup-epochs", "0", "--data-root", str(cifar10_root), "--out",
+               str(tmp_path / "run"), "--no-progress"]
+    assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in again.stderr
+    assert "--overwrite" in again.stderr
+
+
+def test_run_files_are_readable_by_others(tmp_path):
+    path = runio.write_json(tmp_path / "results.json", {"recall": 1})
+    assert path.stat().st_mode & 0o044 == 0o044
+
+
+def test_comparison_rejects_runs_of_other_settings(cifar10_root, tmp_path):
+    base = smoke(cifar10_root, epochs=1, warmup_epochs=0)
+    run_comparison(base, tmp_path, methods=("selfcon",), seeds=(1,), floor=False, progress=False)
+    with pytest.raises(ValueError, match=r"other settings .*'width': \(4, 8\)"):
+        run_comparison(base.replace(width=8), tmp_path, methods=("selfcon",), seeds=(2,),
+                       floor=False, progress=False)
+    assert not (tmp_path / "selfcon-seed2").exists()
+
+    run_comparison(base.replace(width=8), tmp_path, methods=("selfcon",), seeds=(2,),
+                   floor=False, progress=False, overwrite=True)
+    assert not (tmp_path / "selfcon-seed1").exists()
+    assert (tmp_path / "selfcon-seed2" / "results.json").exists()
