@@ -160,7 +160,7 @@ def plot_recall_bars(rows: list[dict[str, Any]], path: str | Path | None = None,
         raise ValueError(f"Recall@K for K={missing} is not in the runs; available: "
                          f"{list(rows[0]['recall'])}.")
 
-    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(ks), 3.6), dpi=110)
+    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(ks), 3.6 + 0.25 * len(rows)), dpi=110)
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         means = [row["recall"][k][0] * 100 for k in ks]
@@ -171,7 +171,8 @@ def plot_recall_bars(rows: list[dict[str, Any]], path: str | Path | None = None,
     axes.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
     axes.set_ylabel("fine Recall@K (%)")
     axes.set_title(title or "Fine-label Recall@K on the test set (mean ± std over seeds)")
-    axes.legend(fontsize=7, loc="lower right")
+    # Below the axes, so that the legend never hides the tops of the bars.
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     if path is not None:
