@@ -408,6 +408,8 @@ def test_cifar100_missing_root_names_both_fixes(tmp_path, monkeypatch):
     assert "cifar-100-python/{train,test,meta}" in message
     assert "download=True" in message
     assert "data_root" in message
+    assert "--download true" in message
+    assert "--data-root" in message
 
 
 def test_cifar100_missing_split_file(cifar100_root):

@@ -68,13 +68,13 @@ def missing_data_error(dataset: str, path: Path, layout: str, downloadable: bool
         *(f"    {entry}" for entry in layout.splitlines()),
     ]
     root_fix = (
-        "point data_root (the `root` argument, or the "
+        "point data_root (the `root` argument, --data-root on the command line, or the "
         f"{DATA_ROOT_ENV} environment variable) at a folder with this layout"
     )
     if downloadable:
         lines.append(
-            "Fix: pass download=True in a runtime with internet access (for example Colab), "
-            f"or {root_fix}."
+            "Fix: pass download=True (--download true on the command line) in a runtime with "
+            f"internet access (for example Colab), or {root_fix}."
         )
     else:
         lines.append(f"Fix: this dataset cannot be downloaded, so {root_fix}.")
