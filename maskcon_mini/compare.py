@@ -70,7 +70,7 @@ PER_RUN_FIELDS = ("method", "seed", "train_labels")
 
 
 def check_comparison_folder(base: TrainConfig, out_dir: Path, overwrite: bool) -> None:
-    """Make sure ``out_dir`` holds no runs of other settings, which the table would average in.
+    """Make sure ``out_dir`` contains no runs of other settings, which the table would average in.
 
     The shared settings are stored in ``comparison_settings.json``. A folder with other
     settings raises ValueError unless ``overwrite`` is set, which deletes its run folders.
@@ -117,7 +117,7 @@ def run_comparison(base: TrainConfig, out_dir: str | Path, *, methods=DEFAULT_ME
         The markdown table that was written to ``comparison.md``.
 
     Raises:
-        ValueError: ``out_dir`` holds runs of other settings and ``overwrite`` is not set.
+        ValueError: ``out_dir`` contains runs of other settings and ``overwrite`` is not set.
     """
     out_dir = Path(out_dir)
     check_comparison_folder(base, out_dir, overwrite)

@@ -47,7 +47,7 @@ class TrainConfig:
         query_view / key_view: augmentation of each view, ``"weak"``, ``"strong"`` or ``"test"``.
         num_workers: DataLoader worker processes (0 loads in the main process).
         train_labels: ``"coarse"`` (the MaskCon setting) or ``"fine"`` (the oracle that
-            sees fine labels; for teaching and as an upper reference).
+            trains on fine labels, for teaching and as an upper reference).
     Model:
         backbone: one of ``BACKBONES``; width: first-stage width of ``"convnet"``.
         projection_dim, hidden_dim: projector sizes; pretrained: None, "imagenet" or a path.

@@ -43,7 +43,8 @@ def test_logits_positive_in_column_zero():
     logits = contrastive_logits(batch.queries, batch.keys, batch.queue_keys, 0.1).tolist()
     queries, keys = batch.queries.tolist(), batch.keys.tolist()
     queue_keys = batch.queue_keys.tolist()
-    assert len(logits) == 6 and len(logits[0]) == 21
+    assert len(logits) == 6
+    assert len(logits[0]) == 21
     for i in range(6):
         positive = sum(a * b for a, b in zip(queries[i], keys[i])) / 0.1
         assert logits[i][0] == pytest.approx(positive, abs=1e-5)

@@ -127,7 +127,8 @@ def test_single_device_shuffle_cannot_change_batchnorm():
 def test_resnet_cifar_stem(name, feature_dim):
     network, dim = build_backbone(name, small_images=True)
     assert dim == feature_dim
-    assert network.conv1.kernel_size == (3, 3) and network.conv1.stride == (1, 1)
+    assert network.conv1.kernel_size == (3, 3)
+    assert network.conv1.stride == (1, 1)
     assert isinstance(network.maxpool, torch.nn.Identity)
     network.eval()
     with torch.no_grad():
@@ -149,7 +150,8 @@ def test_pretrained_weights_from_local_file(tmp_path: Path):
     assert network.conv1.weight.shape == (64, 3, 3, 3)
     loaded = load_pretrained_weights(models.resnet18(weights=None), "resnet18", path,
                                      skip_first_conv=False)
-    assert "conv1.weight" in loaded and "fc.weight" not in loaded
+    assert "conv1.weight" in loaded
+    assert "fc.weight" not in loaded
 
 
 def test_missing_pretrained_file_explains_fix(tmp_path: Path):

@@ -21,6 +21,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_support import (
+    COLAB_URL,
+    MAX_NOTEBOOK_BYTES,
+    SANITIZE_CONFIG,
+    assert_png,
+    error_outputs,
+    execute_notebook,
+    stream_text,
+)
 
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("nbval")
@@ -30,13 +39,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 TRAIN_NOTEBOOK = "03_train_cifar.ipynb"
 RESULTS_NOTEBOOK = "04_results.ipynb"
 NOTEBOOKS = (TRAIN_NOTEBOOK, RESULTS_NOTEBOOK)
-SANITIZE_CONFIG = NOTEBOOK_DIR / "nbval_sanitize.cfg"
-CELL_TIMEOUT_S = 600
-KERNEL_START_TIMEOUT_S = 180
 NBVAL_RUNS_DIR = REPO_ROOT / ".cache" / "notebook-runs"
-COLAB_URL = "https://colab.research.google.com/github/maskcon-mini/maskcon-mini/blob/main/notebooks/"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_NOTEBOOK_BYTES = 1_000_000
 # The first nbval run of a fresh checkout trains the quick CPU run of notebook 03.
 NBVAL_TIMEOUT_S = 900
 RESULTS_FIGURES = ("04_recall_bars.png", "04_training_curves.png", "04_fine_mass.png",
@@ -47,46 +50,7 @@ pytestmark = pytest.mark.slow
 
 def execute(name: str, tmp_path: Path, **parameters):
     """Run a notebook with papermill in ``tmp_path`` and return the executed notebook."""
-    output = tmp_path / f"executed-{len(list(tmp_path.glob('executed-*')))}-{name}"
-    papermill.execute_notebook(
-        str(NOTEBOOK_DIR / name),
-        str(output),
-        parameters=parameters,
-        kernel_name="python3",
-        cwd=str(tmp_path),
-        progress_bar=False,
-        # A cell or kernel start that hangs fails the test instead of stalling the suite.
-        execution_timeout=CELL_TIMEOUT_S,
-        start_timeout=KERNEL_START_TIMEOUT_S,
-    )
-    return nbformat.read(output, as_version=4)
-
-
-def error_outputs(notebook) -> list[str]:
-    return [
-        f"{output.get('ename')}: {output.get('evalue')}"
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.get("outputs", [])
-        if output.output_type == "error"
-    ]
-
-
-def stream_text(notebook) -> str:
-    return "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.get("outputs", [])
-        if output.output_type == "stream"
-    )
-
-
-def assert_png(path: Path) -> None:
-    assert path.is_file(), f"{path} was not written"
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG file"
-    assert len(data) > 1000, f"{path} has only {len(data)} bytes"
+    return execute_notebook(name, tmp_path / f"executed-{len(list(tmp_path.glob('executed-*')))}-{name}", tmp_path, **parameters)
 
 
 def smoke_parameters(cifar10_root: Path, tmp_path: Path, **changes) -> dict:
