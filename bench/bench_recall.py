@@ -81,7 +81,6 @@ def make_embeddings(num_items: int, dim: int, num_labels: int):
 
 def dense_recall_at_k(embeddings, labels, ks):
     """Compute Recall@K from the full [N, N] similarity matrix, the approach chunking replaces."""
-    import torch
     import torch.nn.functional as F
 
     features = F.normalize(embeddings.float(), dim=1)  # [N, d]

@@ -17,7 +17,7 @@ For each case the script reports:
 - the forward and backward time of ``compute_loss`` alone on the same shapes, with the model's
   own queue and per-sample mask. This is the time the step spends on targets and loss;
 - the time of the trainer's per-step diagnostics (``train._step_diagnostics``, SupCon targets
-  and fine-mass shares on the CPU), which the trainer runs after every step, outside the step;
+  and fine-mass shares on the step's device), which the trainer runs after every step, outside the step;
 - the matmul and convolution FLOPs of one step (``torch.utils.flop_counter``, counted on the
   first warm-up step).
 
@@ -196,8 +196,13 @@ class Case:
                        train_labels=torch.randint(0, self.num_classes, (self.dataset_size,)),
                        fine_labels=torch.randint(0, 4 * self.num_classes, (self.dataset_size,)),
                        num_coarse_classes=self.num_classes)
+        tables = (data.train_labels.to(self.device), data.fine_labels.to(self.device))
+        fine = self.fine.to(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
-        _step_diagnostics(output, self.labels.cpu(), self.fine, data, EpochStats())
+        stats = EpochStats()
+        _step_diagnostics(output, self.labels, fine, tables, stats)
+        synchronize(self.device)
         return time.perf_counter() - start
 
 

@@ -215,8 +215,6 @@ def time_interleaved(inputs, args) -> dict[str, dict[str, list[float]]]:
 
 def max_differences(inputs, args) -> tuple[float, float]:
     """Return max |ours - reference64| and max |reference32 - reference64| over all entries."""
-    import torch
-
     keys, queue_keys, labels, queue_labels, queue_mask = inputs
     reference64 = reference_maskcon_targets(keys.double(), queue_keys.double(), labels,
                                             queue_labels, args.temperature, args.weight,

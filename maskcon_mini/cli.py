@@ -39,6 +39,8 @@ def parse_value(text: str) -> Any:
 
 FIELD_HELP = {
     "data_root": "folder with the data (default: $MASKCON_DATA_ROOT, else ./data)",
+    "mapping_file": "JSON or CSV fine-to-coarse mapping of a flat imagefolder (default: "
+                    "fine_to_coarse.json or .csv in the data root)",
     "queue_size": "K, number of queue entries (>= batch_size)",
     "momentum": "key encoder EMA momentum m in [0, 1)",
     "contrastive_temperature": "T0 of the logits, in (0, inf)",
@@ -121,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             continue
         if name == "recall_ks":
             overrides[name] = tuple(int(k) for k in text.split(","))
-        elif name in ("data_root", "pretrained"):
+        elif name in ("data_root", "mapping_file", "pretrained"):
             overrides[name] = None if text.lower() == "none" else text
         elif isinstance(getattr(TrainConfig(), name), bool):
             if text.lower() not in BOOLEAN_WORDS:

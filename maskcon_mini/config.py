@@ -39,6 +39,8 @@ class TrainConfig:
     Data:
         dataset: one of ``DATASETS``.
         data_root: folder with the data (None: env ``MASKCON_DATA_ROOT``, else ``./data``).
+        mapping_file: JSON or CSV fine-to-coarse mapping of a flat ``"imagefolder"`` (None:
+            ``fine_to_coarse.json`` or ``.csv`` in the data root, else the nested layout).
         download: let torchvision download the dataset (needs a network).
         train_subset / test_subset: images per fine class (int) or fraction (float in (0, 1]),
             class-balanced and seeded; None uses the whole split.
@@ -72,6 +74,7 @@ class TrainConfig:
     # Data.
     dataset: str = "cifartoy_good"
     data_root: str | None = None
+    mapping_file: str | None = None
     download: bool = False
     train_subset: int | float | None = None
     test_subset: int | float | None = None
@@ -168,6 +171,9 @@ def _check_choices(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value not in allowed:
             _fail(name, value, f"one of {list(allowed)}")
+    if config.mapping_file is not None and config.dataset != "imagefolder":
+        _fail("mapping_file", config.mapping_file,
+              f"None for dataset {config.dataset!r} (a mapping file applies only to 'imagefolder')")
     if config.pretrained is not None and config.backbone == "convnet":
         _fail("pretrained", config.pretrained, "None for backbone 'convnet' (no weights exist)")
 

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .key_queue import KeyQueue
 from .losses import LossBatch, LossSettings, compute_loss
-from .queue import KeyQueue
 
-__all__ = ["Encoder", "MomentumContrast", "StepOutput"]
+__all__ = ["Encoder", "MomentumContrast", "StepOutput", "fine_mass_share", "fine_mass_parts"]
 
 
 class Encoder(nn.Module):
@@ -48,7 +48,7 @@ class Encoder(nn.Module):
 
 
 class StepOutput(dict):
-    """A dict with ``loss`` (tensor with gradients), ``keys`` and float diagnostics."""
+    """A dict with ``loss`` (tensor with gradients), ``keys``, ``targets`` and scalar diagnostics."""
 
 
 class MomentumContrast(nn.Module):
@@ -195,10 +195,11 @@ class MomentumContrast(nn.Module):
 
         Returns:
             ``StepOutput`` with ``loss`` (scalar with gradients), ``keys`` [B, d],
-            ``targets`` [B, 1+K] (detached) and float diagnostics: ``positive_logit``
-            (mean logit of the positive key), ``target_entropy`` (mean entropy of the target
-            rows, in nats), ``positive_mass`` (mean target weight on the positive key) and,
-            for CoIns, ``classifier_loss``.
+            ``targets`` [B, 1+K] (detached) and diagnostics as detached scalar tensors on
+            the step's device: ``positive_logit`` (mean logit of the positive key),
+            ``target_entropy`` (mean entropy of the target rows, in nats), ``positive_mass``
+            (mean target weight on the positive key) and, for CoIns, ``classifier_loss``.
+            ``float(output[name])`` reads one; on a GPU that waits for the step to finish.
         """
         if update_key_encoder:
             self.momentum_update()
@@ -230,12 +231,12 @@ class MomentumContrast(nn.Module):
             targets=targets,
             queue_indices=queue_indices,
             queue_mask=queue_mask,
-            positive_logit=float(result.logits[:, 0].detach().mean()),
-            target_entropy=float(entropy.sum(dim=1).mean()),
-            positive_mass=float(targets[:, 0].mean()),
+            positive_logit=result.logits[:, 0].detach().float().mean(),
+            target_entropy=entropy.sum(dim=1).mean(),
+            positive_mass=targets[:, 0].mean(),
         )
         for name, value in result.extra.items():
-            output[name] = float(value)
+            output[name] = value.detach()
         return output
 
 
@@ -256,12 +257,35 @@ def fine_mass_share(
 
     Returns:
         The mean over rows of ``sum_{j: fine_j = fine_i} y_ij / sum_j y_ij`` (queue columns only).
+
+    Example:
+        >>> targets = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
+        >>> round(fine_mass_share(targets, torch.tensor([7]), torch.tensor([7, 8, 7])), 6)
+        0.6
+    """
+    share_sum, rows = fine_mass_parts(targets, fine_labels, queue_fine_labels)
+    if int(rows) == 0:
+        return math.nan
+    return float(share_sum) / int(rows)
+
+
+def fine_mass_parts(
+    targets: torch.Tensor,
+    fine_labels: torch.Tensor,
+    queue_fine_labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the parts of ``fine_mass_share`` as tensors on the targets' device.
+
+    The trainer adds these up over an epoch without waiting for the device at every step.
+
+    Returns:
+        The sum of the per-row shares over rows with queue mass (float32 scalar), and the
+        number of those rows (int64 scalar).
     """
     queue_mass = targets[:, 1:].float()  # [B, K]
     total = queue_mass.sum(dim=1)  # [B]
     same_fine = fine_labels[:, None] == queue_fine_labels[None, :]  # [B, K]
     on_fine = (queue_mass * same_fine).sum(dim=1)  # [B]
-    rows = total > 0
-    if not bool(rows.any()):
-        return math.nan
-    return float((on_fine[rows] / total[rows]).mean())
+    rows = total > 0  # [B]
+    shares = torch.where(rows, on_fine / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)  # [B]
+    return shares.sum(), rows.sum()

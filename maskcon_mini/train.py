@@ -31,8 +31,8 @@ from .config import TrainConfig
 from .data import TwoViewDataset, build_dataset, build_transforms
 from .evaluate import evaluate_embeddings, extract_features
 from .losses import LossSettings
-from .model import MomentumContrast, fine_mass_share
-from .queue import warn_if_stale_keys
+from .model import MomentumContrast, fine_mass_parts
+from .key_queue import warn_if_stale_keys
 from .runio import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -128,6 +128,10 @@ def build_data(config: TrainConfig) -> RunData:
     transforms = build_transforms(config.dataset, size=config.image_size)
     common = dict(root=config.data_root, download=config.download, seed=config.seed,
                   in_memory=config.in_memory)
+    if config.dataset == "imagefolder":
+        # Folders may hold images of any size: decoded images are scaled to the crop size.
+        common.update(mapping_file=config.mapping_file,
+                      in_memory_size=config.image_size if config.in_memory else None)
     base = build_dataset(config.dataset, split="train", subset=config.train_subset, **common)
     test = build_dataset(config.dataset, split="test", subset=config.test_subset,
                          transform=transforms["test"], **common)
@@ -244,20 +248,37 @@ def evaluate_model(model: MomentumContrast, test_set, config: TrainConfig,
 # Training.
 
 class EpochStats:
-    """Running means of the per-step numbers of one epoch."""
+    """Running means of the per-step numbers of one epoch.
+
+    Values may be tensors on the training device. They are summed there and read back only in
+    ``means``, so recording a step does not wait for the device.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, torch.Tensor | int] = {}
 
-    def add(self, name: str, value: float) -> None:
+    def add(self, name: str, value: torch.Tensor | float | None, count: torch.Tensor | int = 1) -> None:
+        """Add ``value``, a sum over ``count`` items (one step by default). None and NaN floats are skipped."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
-        self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.counts[name] = self.counts.get(name, 0) + 1
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def total(self, name: str) -> float:
+        """Return the current sum of ``name`` as a float (this waits for the device)."""
+        return float(self.sums.get(name, 0.0))
 
     def means(self) -> dict[str, float]:
-        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+        """Return the mean of every recorded name; names that never had an item are left out."""
+        means = {}
+        for name, total in self.sums.items():
+            count = float(self.counts[name])
+            if count > 0:
+                means[name] = float(total) / count
+        return means
 
 
 def _progress(iterable, total: int, description: str, enabled: bool):
@@ -273,18 +294,27 @@ def _queue_fill_batches(loader: DataLoader):
         yield key_images, labels, indices
 
 
-def _step_diagnostics(output, labels, fine, data: RunData, stats: EpochStats) -> None:
-    """Record how much target queue mass falls on the sample's own fine class (and SupCon's)."""
-    queue_indices = output["queue_indices"]
-    queue_fine = torch.where(queue_indices >= 0, data.fine_labels[queue_indices.clamp(min=0).cpu()],
-                             torch.full_like(queue_indices.cpu(), -1))
-    queue_labels = torch.where(queue_indices >= 0,
-                               data.train_labels[queue_indices.clamp(min=0).cpu()],
-                               torch.full_like(queue_indices.cpu(), -1))
-    targets = output["targets"].cpu()
-    stats.add("fine_mass", fine_mass_share(targets, fine, queue_fine))
-    supcon = supcon_targets(labels.cpu(), queue_labels, queue_mask=output["queue_mask"].cpu())
-    stats.add("supcon_fine_mass", fine_mass_share(supcon, fine, queue_fine))
+def _step_diagnostics(output, labels, fine, tables, stats: EpochStats) -> None:
+    """Record how much target queue mass falls on the sample's own fine class (and SupCon's).
+
+    Every tensor is on the targets' device. ``labels`` and ``fine`` [B] are the batch's training
+    and fine labels. ``tables`` contains the dataset's training and fine labels [N], which are
+    looked up by the queue's sample indices.
+    """
+    train_table, fine_table = tables
+    queue_indices = output["queue_indices"]  # [K], -1 for unfilled slots
+    filled = queue_indices >= 0
+    lookup = queue_indices.clamp(min=0)
+    queue_fine = torch.where(filled, fine_table[lookup], -1)  # [K]
+    queue_labels = torch.where(filled, train_table[lookup], -1)  # [K]
+    stats.add("fine_mass", *fine_mass_parts(output["targets"], fine, queue_fine))
+    supcon = supcon_targets(labels, queue_labels, queue_mask=output["queue_mask"])  # [B, 1+K]
+    stats.add("supcon_fine_mass", *fine_mass_parts(supcon, fine, queue_fine))
+
+
+# The trainer checks the running loss for NaN or inf every this many steps and at the end of
+# each epoch. Each check waits for the device, so a check at every step would stall a GPU.
+LOSS_CHECK_INTERVAL = 25
 
 
 def train_one_epoch(model, loader, optimizer, scaler, settings, config, data, device,
@@ -293,38 +323,46 @@ def train_one_epoch(model, loader, optimizer, scaler, settings, config, data, de
     model.train()
     stats = EpochStats()
     dtype = autocast_dtype(config, device)
+    tables = (data.train_labels.to(device), data.fine_labels.to(device))  # [N], [N]
+    first_unchecked_step = state["step"] + 1
     batches = _progress(loader, len(loader), f"epoch {state['epoch'] + 1}/{config.epochs}", progress)
-    for query_images, key_images, _, fine, indices in batches:
+    for position, (query_images, key_images, _, fine, indices) in enumerate(batches, start=1):
         lr = learning_rate_at(state["step"], total_steps, warmup_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        labels = data.train_labels[indices]
+        labels = data.train_labels[indices].to(device)  # [B]
         query_images, key_images = _to_device(query_images, key_images, device, config)
         with _autocast(device, dtype):
-            output = model(query_images, key_images, labels.to(device), indices.to(device),
-                           settings)
+            output = model(query_images, key_images, labels, indices.to(device), settings)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(output["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()
         state["step"] += 1
 
-        loss = float(output["loss"].detach())
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} at step {state['step']}; lower lr (now {config.lr}) or "
-                f"use amp='none'."
-            )
-        stats.add("loss", loss)
+        stats.add("loss", output["loss"])
         stats.add("lr", lr)
         for name in ("positive_logit", "target_entropy", "positive_mass", "classifier_loss"):
             if name in output:
                 stats.add(name, output[name])
-        _step_diagnostics(output, labels, fine, data, stats)
-        if progress and hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}")
+        _step_diagnostics(output, labels, fine.to(device), tables, stats)
+
+        if position % LOSS_CHECK_INTERVAL == 0 or position == len(loader):
+            running_loss = stats.total("loss")
+            _check_finite_loss(running_loss, first_unchecked_step, state["step"], config)
+            first_unchecked_step = state["step"] + 1
+            if progress and hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{float(output['loss']):.3f}", lr=f"{lr:.4f}")
     return stats.means()
+
+
+def _check_finite_loss(running_loss: float, first_step: int, last_step: int, config) -> None:
+    if not math.isfinite(running_loss):
+        raise FloatingPointError(
+            f"the loss became {running_loss} between steps {first_step} and {last_step}; lower lr "
+            f"(now {config.lr}) or use amp='none'."
+        )
 
 
 def _to_device(query_images, key_images, device, config):
@@ -392,7 +430,8 @@ def train(
             f"the training set has {len(data.train)} images, fewer than batch_size="
             f"{config.batch_size}; use a smaller batch or a larger train_subset."
         )
-    warn_if_stale_keys(config.queue_size, len(data.train), config.batch_size)
+    if not config.exclude_own_keys:
+        warn_if_stale_keys(config.queue_size, len(data.train), config.batch_size)
     settings = LossSettings(config.method, config.contrastive_temperature,
                             config.target_temperature, config.weight)
     total_steps = config.epochs * len(loader)

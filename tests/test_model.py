@@ -75,7 +75,33 @@ def test_step_enqueues_after_the_loss():
     assert model.queue.num_filled == 4
     assert torch.allclose(model.queue.keys[:4], output["keys"])
     for name in ("positive_logit", "target_entropy", "positive_mass"):
-        assert isinstance(output[name], float)
+        assert output[name].shape == (), name
+        assert not output[name].requires_grad, name
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_step_keeps_float32_state(method, dtype):
+    # The CUDA path runs the step under autocast with channels_last images. CPU autocast runs
+    # the same code, so it checks here what stays float32: queue, targets and loss.
+    torch.manual_seed(4)
+    model = tiny_model(queue_size=16).to(memory_format=torch.channels_last)
+    model.fill_queue([(torch.randn(16, 3, 32, 32), torch.arange(16) % 2, torch.arange(16) + 100)])
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.tensor([0, 1, 0, 1])
+
+    with torch.autocast("cpu", dtype=dtype):
+        output = model(images, images + 0.1, labels, torch.arange(4), LossSettings(method))
+    output["loss"].backward()
+
+    assert output["loss"].dtype == torch.float32
+    assert output["targets"].dtype == torch.float32
+    assert torch.isfinite(output["loss"])
+    assert torch.allclose(output["targets"].sum(dim=1), torch.ones(4))
+    assert model.queue.keys.dtype == torch.float32
+    assert torch.allclose(model.queue.keys.norm(dim=1), torch.ones(16), atol=1e-2)
+    gradients = [p.grad for p in model.encoder_q.parameters() if p.grad is not None]
+    assert gradients and all(torch.isfinite(g).all() for g in gradients)
 
 
 def test_own_stale_key_is_masked():

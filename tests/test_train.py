@@ -4,9 +4,11 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from maskcon_mini import runio
 from maskcon_mini.compare import run_comparison
@@ -53,6 +55,7 @@ INVALID_FIELDS = [
     ("query_view", "medium", "query_view must be one of"),
     ("train_labels", "middle", "train_labels must be one of"),
     ("eval_every", -1, "eval_every must be an integer >= 0"),
+    ("mapping_file", "map.json", "mapping_file must be None for dataset 'cifartoy_good'"),
 ]
 
 
@@ -203,6 +206,80 @@ def test_missing_data_fails_before_writing(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def write_flat_image_folder(cifar10_root: Path, root: Path, sizes: dict[str, int]) -> None:
+    """Copy 8 real train and 4 real test images per class into ``root/{train,test}/<fine>/``.
+
+    Each fine class's images are resized to its entry in ``sizes``, so the folder mixes sizes.
+    """
+    for split, count in (("train", 8), ("test", 4)):
+        for fine, size in sizes.items():
+            sources = sorted((cifar10_root / "cifar10" / split / fine).glob("*.jpg"))[:count]
+            folder = root / split / fine
+            folder.mkdir(parents=True)
+            for source in sources:
+                Image.open(source).convert("RGB").resize((size, size)).save(folder / f"{source.stem}.png")
+
+
+def test_flat_folder_with_mapping_trains(cifar10_root, tmp_path):
+    root = tmp_path / "pets"
+    write_flat_image_folder(cifar10_root, root, {"cat": 32, "dog": 40, "bird": 32, "airplane": 48})
+    mapping = tmp_path / "labels" / "fine_to_coarse.csv"
+    mapping.parent.mkdir()
+    mapping.write_text("cat,mammal\ndog,mammal\nbird,flyer\nairplane,flyer\n")
+    config = make_config("smoke", dataset="imagefolder", data_root=str(root), mapping_file=str(mapping),
+                         train_subset=None, test_subset=None, epochs=1, warmup_epochs=0)
+
+    results = train(config, tmp_path / "run", progress=False)
+
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["mapping_file"] == str(mapping)
+    assert set(results["recall"]) == {"1", "2", "5"}
+    assert math.isfinite(results["final_loss"])
+
+
+def test_flat_folder_error_names_mapping_option(cifar10_root, tmp_path):
+    root = tmp_path / "pets"
+    write_flat_image_folder(cifar10_root, root, {"cat": 32, "dog": 32})
+    config = make_config("smoke", dataset="imagefolder", data_root=str(root))
+    with pytest.raises(Exception, match="mapping") as caught:
+        train(config, tmp_path / "run", progress=False)
+    assert "fine_to_coarse" in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss_stops_the_run(cifar10_root, tmp_path, monkeypatch):
+    from maskcon_mini import model as model_module
+
+    real_compute_loss = model_module.compute_loss
+
+    def nan_after_first_steps(batch, settings):
+        result = real_compute_loss(batch, settings)
+        nan_after_first_steps.calls += 1
+        if nan_after_first_steps.calls > 1:
+            result.loss = result.loss * math.nan
+        return result
+
+    nan_after_first_steps.calls = 0
+    monkeypatch.setattr(model_module, "compute_loss", nan_after_first_steps)
+
+    with pytest.raises(FloatingPointError, match=r"the loss became nan between steps 1 and \d+; lower lr"):
+        train(smoke(cifar10_root, epochs=1, warmup_epochs=0), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_epoch_stats_pool_and_skip_empty():
+    from maskcon_mini.train import EpochStats
+
+    stats = EpochStats()
+    stats.add("loss", torch.tensor(2.0))
+    stats.add("loss", torch.tensor(4.0))
+    stats.add("fine_mass", torch.tensor(1.5), torch.tensor(3))
+    stats.add("fine_mass", torch.tensor(0.5), torch.tensor(1))
+    stats.add("never", torch.tensor(0.0), torch.tensor(0))
+    stats.add("skipped", math.nan)
+
+    assert stats.means() == {"loss": 3.0, "fine_mass": 0.5}
+
+
 def test_checkpoint_loads_with_weights_only(cifar10_root, tmp_path):
     train(smoke(cifar10_root, epochs=1, warmup_epochs=0), tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -246,6 +323,7 @@ def test_train_cli_help_states_ranges():
     assert "--target-temperature" in result.stdout
     assert "(0, inf]" in result.stdout
     assert "--resume" in result.stdout
+    assert "--mapping-file" in result.stdout
 
 
 def test_train_cli_rejects_invalid_value(tmp_path):

@@ -235,8 +235,9 @@ def _check_nested_coarse_folder(coarse: Path) -> None:
     if list_image_files(coarse):
         raise MappingFileError(
             f"{coarse} contains images directly, which is the flat layout <root>/<fine>/<images>. "
-            "Pass mapping_file= a JSON or CSV fine-to-coarse mapping, or move the images into "
-            "<root>/<coarse>/<fine>/ folders."
+            "Pass mapping_file= (--mapping-file on the command line) a JSON or CSV fine-to-coarse "
+            "mapping, save it as fine_to_coarse.json or fine_to_coarse.csv in the data root, or "
+            "move the images into <root>/<coarse>/<fine>/ folders."
         )
     if not _subfolders(coarse):
         raise EmptyClassFolderError(f"coarse class folder {coarse} contains no fine class folders. Add them or delete the folder.")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maskcon_mini.queue import KeyQueue, warn_if_stale_keys
+from maskcon_mini.key_queue import KeyQueue, warn_if_stale_keys
 
 
 def batch_of(start, count, dim=2):
