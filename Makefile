@@ -49,16 +49,19 @@ sweep: $(STAMP) data
 		$$( [ -f $(DATA_ROOT)/cifar10/.complete ] || echo -p download true )
 
 # Re-execute the committed notebooks in place; they save their figures into figures/.
+# Notebook 04 compares the run folders under RESULTS_RUNS, for example the output folder of
+# `make demo`. Without RESULTS_RUNS, a smoke sweep of two methods and two seeds is run for it.
 NOTEBOOK_ENV := MASKCON_DATA_ROOT=$(abspath $(DATA_ROOT)) MASKCON_NOTEBOOK_OUTPUT=$(abspath figures)
+RESULTS_RUNS ?=
 notebooks: $(STAMP) data
 	$(NOTEBOOK_ENV) $(PY) -m papermill notebooks/01_soft_labels.ipynb notebooks/01_soft_labels.ipynb -k python3
 	$(NOTEBOOK_ENV) $(PY) -m papermill notebooks/02_special_cases.ipynb notebooks/02_special_cases.ipynb -k python3
 	$(NOTEBOOK_ENV) MASKCON_RUNS_DIR=$(abspath runs/notebook-03) $(PY) -m papermill \
 		notebooks/03_train_cifar.ipynb notebooks/03_train_cifar.ipynb -k python3
-	$(PY) scripts/sweep.py --methods maskcon,supcon --seeds 1228,1229 --preset smoke \
-		--out runs/smoke-sweep --data-root $(DATA_ROOT)
-	$(NOTEBOOK_ENV) MASKCON_RUNS_DIR=$(abspath runs/smoke-sweep) $(PY) -m papermill \
-		notebooks/04_results.ipynb notebooks/04_results.ipynb -k python3
+	$(if $(RESULTS_RUNS),,$(PY) scripts/sweep.py --methods maskcon,supcon --seeds 1228,1229 \
+		--preset smoke --out runs/smoke-sweep --data-root $(DATA_ROOT))
+	$(NOTEBOOK_ENV) MASKCON_RUNS_DIR=$(abspath $(or $(RESULTS_RUNS),runs/smoke-sweep)) \
+		$(PY) -m papermill notebooks/04_results.ipynb notebooks/04_results.ipynb -k python3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -51,9 +51,9 @@ from maskcon_mini.train import EpochStats, RunData, _step_diagnostics, build_mod
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Number of coarse classes of each dataset, which sets the label range and the CoIns head.
 COARSE_CLASSES = {"cifartoy_good": 2, "cifartoy_bad": 2, "cifar100": 20, "imagefolder": 20}
-# Training-set size of each preset's data, which sets the range of the sample indices. The `cpu`
-# preset keeps 1,250 CIFARtoy images per fine class, and the others use all 40,000.
-DATASET_SIZES = {"cpu": 10_000, "paper": 40_000, "colab": 40_000, "smoke": 128}
+# Training-set size of each preset's data, which sets the range of the sample indices. The `cpu`,
+# `paper` and `colab` presets use all 40,000 CIFARtoy training images.
+DATASET_SIZES = {"cpu": 40_000, "paper": 40_000, "colab": 40_000, "smoke": 128}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

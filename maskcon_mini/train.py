@@ -521,9 +521,15 @@ def _write_results(out_dir, config, records, state, device, started) -> dict[str
         "wall_seconds_this_call": time.time() - started,
         "process_peak_rss_mib": peak_rss_mib(),
         "environment": environment_info(device),
+        "autocast": _dtype_name(autocast_dtype(config, device)),
+        "channels_last": config.channels_last and device.type == "cuda",
     }
     write_json(out_dir / RESULTS_FILE, results)
     return results
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "none" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def peak_rss_mib() -> float | None:
