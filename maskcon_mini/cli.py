@@ -76,7 +76,7 @@ FIELD_HELP = {
     "weight_decay": "SGD weight decay (>= 0)",
     "eval_features": "features scored by Recall@K: backbone or projector",
     "eval_chunk_size": "queries per similarity block in evaluation (>= 1)",
-    "channels_last": "true uses the channels_last memory format on CUDA",
+    "channels_last": "true uses the channels_last (NHWC) memory format on CUDA and CPU",
     "deterministic": "true makes torch's algorithms deterministic (reproducible CPU runs)",
 }
 

@@ -89,6 +89,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """Return whether model and images use the channels_last (NHWC) memory format.
+
+    It applies on CUDA and on the CPU, where it cut the convnet step of the ``cpu`` preset to
+    about 0.7 of its time (bench/bench_step.py). MPS keeps the default format.
+    """
+    return config.channels_last and device.type in ("cuda", "cpu")
+
+
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Return the autocast dtype for this run, or None for float32 (always on CPU and MPS)."""
     if device.type != "cuda" or config.amp == "none":
@@ -366,8 +375,7 @@ def _check_finite_loss(running_loss: float, first_step: int, last_step: int, con
 
 
 def _to_device(query_images, key_images, device, config):
-    memory_format = (torch.channels_last if config.channels_last and device.type == "cuda"
-                     else torch.contiguous_format)
+    memory_format = torch.channels_last if uses_channels_last(config, device) else torch.contiguous_format
     return (query_images.to(device, non_blocking=True, memory_format=memory_format),
             key_images.to(device, non_blocking=True, memory_format=memory_format))
 
@@ -417,7 +425,7 @@ def train(
     started = time.time()
     data = build_data(config)
     model = build_model(config, data.num_coarse_classes).to(device)
-    if device.type == "cuda" and config.channels_last:
+    if uses_channels_last(config, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum,
                                 weight_decay=config.weight_decay)
@@ -522,7 +530,7 @@ def _write_results(out_dir, config, records, state, device, started) -> dict[str
         "process_peak_rss_mib": peak_rss_mib(),
         "environment": environment_info(device),
         "autocast": _dtype_name(autocast_dtype(config, device)),
-        "channels_last": config.channels_last and device.type == "cuda",
+        "channels_last": uses_channels_last(config, device),
     }
     write_json(out_dir / RESULTS_FILE, results)
     return results

@@ -142,7 +142,7 @@ def test_smoke_run_writes_run_folder(cifar10_root, tmp_path):
     assert 0.0 <= results["map_at_r"] <= 1.0
     assert results["environment"]["torch"] == torch.__version__
     assert results["autocast"] == "none"
-    assert results["channels_last"] is False
+    assert results["channels_last"] is True  # the smoke preset keeps the default, NHWC
     assert results["process_peak_rss_mib"] > 50
 
     records = read_jsonl(out / "metrics.jsonl")
