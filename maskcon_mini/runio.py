@@ -7,6 +7,7 @@ the previous version of the file intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -124,8 +125,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(folder: str | Path | None = None) -> str | None:
-    """Return the current git commit of ``folder`` (default: this package), or None."""
+    """Return the git commit of ``folder`` (default: this package) at the first call, or None.
+
+    The result is cached, so all runs of one process record the commit that was checked out
+    when the process first asked, even if later commits happen while it trains.
+    """
     folder = Path(folder) if folder else Path(__file__).resolve().parent
     try:
         result = subprocess.run(

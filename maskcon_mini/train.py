@@ -423,6 +423,8 @@ def train(
 
     seed_everything(config.seed, config.deterministic)
     started = time.time()
+    # Taken before training, so the recorded git commit is the one checked out at the start.
+    environment = environment_info(device)
     data = build_data(config)
     model = build_model(config, data.num_coarse_classes).to(device)
     if uses_channels_last(config, device):
@@ -488,7 +490,7 @@ def train(
         if on_epoch_end:
             on_epoch_end(record)
 
-    return _write_results(out_dir, config, records, state, device, started)
+    return _write_results(out_dir, config, records, state, device, started, environment)
 
 
 def _should_score(epoch: int, config: TrainConfig) -> bool:
@@ -508,7 +510,7 @@ def _save_epoch(out_dir, model, optimizer, scaler, state, generator, records) ->
     })
 
 
-def _write_results(out_dir, config, records, state, device, started) -> dict[str, Any]:
+def _write_results(out_dir, config, records, state, device, started, environment) -> dict[str, Any]:
     final = records[-1]
     metrics = final["metrics"]
     results = {
@@ -528,7 +530,7 @@ def _write_results(out_dir, config, records, state, device, started) -> dict[str
         "train_seconds": state["elapsed"],
         "wall_seconds_this_call": time.time() - started,
         "process_peak_rss_mib": peak_rss_mib(),
-        "environment": environment_info(device),
+        "environment": environment,
         "autocast": _dtype_name(autocast_dtype(config, device)),
         "channels_last": uses_channels_last(config, device),
     }
