@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Real CIFAR-10 images: taken from a shared/data folder beside the checkout when there is
-# one, otherwise downloaded by torchvision into DATA_ROOT.
+# Real CIFAR-10 images: taken from SHARED_DATA ($MASKCON_SHARED_DATA, else a shared/data folder
+# beside the checkout) when it exists, otherwise downloaded by torchvision into DATA_ROOT.
 DATA_ROOT ?= data
-SHARED_DATA ?= ../shared/data
+SHARED_DATA ?= $(or $(MASKCON_SHARED_DATA),../shared/data)
 SEEDS ?= 1228
 PRESET ?= cpu
 # One folder per preset, so a quick smoke demo never mixes with the real runs.

@@ -11,9 +11,14 @@ The checks, in order:
    values do not change the step time.
 3. The projected time of the 200-epoch ``paper`` run on CIFAR-100. Training is 200 epochs of
    390 steps at the second epoch's time per step. Scoring is 20 scorings (``eval_every=10``) of
-   the 10,000 test images, scaled linearly from the scoring time of the small test folder.
+   the 10,000 test images, scaled linearly from the scoring time of the small test folder. The
+   linear scaling is an estimate: feature extraction grows linearly with the test images, but
+   the Recall@K similarity blocks grow with their square.
 
-The report goes to ``OUT/gpu_check.md`` and ``OUT/gpu_check.json``. On an H200 the whole script
+The report goes to ``OUT/gpu_check.md`` and ``OUT/gpu_check.json``, next to the logs of the
+commands it ran (``bench_step_*.log``, ``train.log``). ``--quick`` replaces the ``paper``
+shapes with the ``smoke`` preset and 2 images per class. It checks the script, and its
+projection is not an estimate of a paper run. On an H200 the whole script
 is expected to take about 3 minutes. NOTE: that is an estimate, because the script has run only
 on a CPU with ``--device cpu --quick``.
 
@@ -25,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -46,23 +52,31 @@ PAPER_TRAIN_IMAGES = 50_000
 PAPER_TEST_IMAGES = 10_000
 PAPER_BATCH = 128
 PAPER_EVAL_EVERY = 10
+PAPER_QUEUE = 8192
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cuda (default) or cpu for a dry run")
     parser.add_argument("--train-per-class", type=int, default=100,
                         help="training images per fine class of the synthetic folder, at least "
                              "82 so that the paper preset's queue of 8,192 keys fills (default: 100)")
     parser.add_argument("--test-per-class", type=int, default=20,
                         help="test images per fine class of the synthetic folder (default: 20)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and steps, to check the script itself on a CPU")
+                        help="smoke preset and 2 images per class, to check the script itself "
+                             "on a CPU; the per-class options are then ignored")
     args = parser.parse_args(argv)
-    if args.train_per_class < 1 or args.test_per_class < 2:
-        parser.error("--train-per-class must be >= 1 and --test-per-class >= 2 "
-                     f"(got {args.train_per_class} and {args.test_per_class}).")
+    if args.quick:
+        args.train_per_class, args.test_per_class = 2, 2
+    minimum_train = -(-PAPER_QUEUE // (COARSE_CLASSES * FINE_PER_COARSE))  # ceiling division
+    if not args.quick and args.train_per_class < minimum_train:
+        parser.error(f"--train-per-class must be >= {minimum_train}, so that the paper preset's "
+                     f"queue of {PAPER_QUEUE} keys fills; got {args.train_per_class}.")
+    if args.test_per_class < 2:
+        parser.error(f"--test-per-class must be >= 2, got {args.test_per_class}.")
     return args
 
 
@@ -170,10 +184,15 @@ def write_report(out: Path, environment: dict, rows: list[str], epoch: dict, pro
         f"{epoch['second_epoch_seconds_per_step'] * 1e3:.1f} ms per step in the second epoch, "
         f"one scoring {epoch['scoring_seconds']:.1f} s, whole command {epoch['wall_seconds']:.0f} s.", "",
         "## Projected 200-epoch paper run on CIFAR-100", "",
+        *(["**Dry run (--quick): these times come from the smoke preset, so this projection "
+           "says nothing about a paper run.**", ""] if epoch["preset"] != "paper" else []),
         f"{projection['steps']:,} steps: {projection['training_hours']:.2f} h of training, plus "
         f"{projection['scorings']} scorings of 10,000 test images: {projection['scoring_hours']:.2f} h. "
         f"Total {projection['total_hours']:.2f} h. This is a projection from the measured times "
-        "above, not a measured run.", "",
+        "above, not a measured run. Scoring is scaled linearly from the small test folder, which "
+        "underestimates the Recall@K similarity blocks that grow with the square of the test "
+        "images.", "",
+        f"Load average at the end: {os.getloadavg()[0]:.2f}.", "",
     ]
     for name, text in (("gpu_check.md", "\n".join(lines)),
                        ("gpu_check.json", json.dumps({"environment": environment, "steps": rows,
@@ -187,7 +206,9 @@ def write_report(out: Path, environment: dict, rows: list[str], epoch: dict, pro
 def describe_environment(device: str) -> dict:
     import torch
 
-    environment = {"torch": torch.__version__, "cpu cores": os.cpu_count(), "device": device}
+    environment = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                   "cpu cores": os.cpu_count(), "load average at the start": round(os.getloadavg()[0], 2),
+                   "device": device}
     if device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda is not available because torch finds no CUDA device. "
@@ -200,8 +221,6 @@ def describe_environment(device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.quick:
-        args.train_per_class, args.test_per_class = 2, 2
     environment = describe_environment(args.device)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

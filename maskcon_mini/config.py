@@ -173,8 +173,11 @@ def _check_choices(config: TrainConfig) -> None:
         if value not in allowed:
             _fail(name, value, f"one of {list(allowed)}")
     if config.mapping_file is not None and config.dataset != "imagefolder":
-        _fail("mapping_file", config.mapping_file,
-              f"None for dataset {config.dataset!r} (a mapping file applies only to 'imagefolder')")
+        raise ValueError(
+            f"mapping_file applies only to dataset 'imagefolder', got {config.mapping_file!r} with "
+            f"dataset {config.dataset!r}. Remove the mapping file (--mapping-file) or use "
+            "dataset='imagefolder' (--dataset imagefolder)."
+        )
     if config.pretrained is not None and config.backbone == "convnet":
         _fail("pretrained", config.pretrained, "None for backbone 'convnet' (no weights exist)")
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .report import method_colors
+
 __all__ = [
     "format_temperature",
     "plot_sample_relations",
@@ -555,8 +557,9 @@ def plot_training_curves(runs, *, ks: Sequence[int] | None = None,
 
     figure, (loss_ax, recall_ax) = plt.subplots(1, 2, figsize=(9.0, 3.4), layout="constrained")
     line_styles = ("-", "--", ":", "-.")
-    for index, (label, members) in enumerate(groups.items()):
-        color = f"C{index % 10}"
+    colors = method_colors(groups)
+    for label, members in groups.items():
+        color = colors[label]
         epochs, means, spreads = _series(members, lambda r: r.get("loss"))
         _draw_series(loss_ax, epochs, means, spreads, color=color, label=label)
         for k_index, k in enumerate(ks):
@@ -610,8 +613,9 @@ def plot_fine_mass(runs, *, title: str | None = None) -> Figure:
     """
     groups = _runs_by_label(runs, "runs")
     figure, ax = plt.subplots(figsize=(6.0, 3.6), layout="constrained")
-    for index, (label, members) in enumerate(groups.items()):
-        color = f"C{index % 10}"
+    colors = method_colors(groups)
+    for label, members in groups.items():
+        color = colors[label]
         epochs, means, spreads = _series(members, lambda r: r.get("fine_mass"))
         _draw_series(ax, epochs, means, spreads, color=color, label=f"{label}: its targets")
         epochs, means, spreads = _series(members, lambda r: r.get("supcon_fine_mass"))

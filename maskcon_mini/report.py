@@ -60,6 +60,39 @@ def collect_runs(folders: Iterable[str | Path] | str | Path) -> list[RunRecord]:
     return runs
 
 
+# Colour of each method in every results figure, matched by the start of the run label. The
+# oracle entry comes before "supcon" so that it matches first.
+METHOD_COLORS = (("untrained", "C7"), ("selfcon", "C0"), ("supcon (fine", "C2"), ("supcon", "C1"),
+                 ("grafit", "C4"), ("coins", "C5"), ("maskcon", "C3"))
+
+
+def method_colors(labels: Iterable[str]) -> dict[str, str]:
+    """Return a matplotlib colour for each run label, the same one in every results figure.
+
+    A method keeps its colour from ``METHOD_COLORS`` across the bar, curve and fine-mass
+    plots. A second label of the same method (another MaskCon setting, say) and unknown
+    labels get the unused tab10 colours in turn.
+
+    Example:
+        >>> method_colors(["maskcon (w=0.5, T=0.1)", "supcon", "maskcon (w=1, T=0.1)"])
+        {'maskcon (w=0.5, T=0.1)': 'C3', 'supcon': 'C1', 'maskcon (w=1, T=0.1)': 'C6'}
+    """
+    labels = list(dict.fromkeys(labels))
+    colors: dict[str, str] = {}
+    for label in labels:
+        preferred = next((color for prefix, color in METHOD_COLORS if label.startswith(prefix)), None)
+        if preferred is not None and preferred not in colors.values():
+            colors[label] = preferred
+    reserved = {color for _, color in METHOD_COLORS}
+    spare = [f"C{i}" for i in range(10) if f"C{i}" not in reserved]
+    spare += [f"C{i}" for i in range(10) if f"C{i}" in reserved]
+    for label in labels:
+        if label not in colors:
+            unused = [color for color in spare if color not in colors.values()]
+            colors[label] = unused[0] if unused else spare[len(colors) % len(spare)]
+    return colors
+
+
 def _row_order(label: str) -> tuple[int, str]:
     """Sort rows as floor, baselines, MaskCon, oracle."""
     for rank, prefix in enumerate(("untrained", "selfcon", "supcon (fine", "supcon", "grafit",
@@ -162,15 +195,18 @@ def plot_recall_bars(rows: list[dict[str, Any]], path: str | Path | None = None,
 
     figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(ks), 3.6 + 0.25 * len(rows)), dpi=110)
     width = 0.8 / len(rows)
+    colors = method_colors(row["label"] for row in rows)
     for i, row in enumerate(rows):
         means = [row["recall"][k][0] * 100 for k in ks]
         spreads = [row["recall"][k][1] * 100 for k in ks]
         positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(ks))]
-        axes.bar(positions, means, width, yerr=spreads, capsize=2,
+        axes.bar(positions, means, width, yerr=spreads, capsize=2, color=colors[row["label"]],
                  label=f"{row['label']} (n={row['runs']})")
     axes.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
     axes.set_ylabel("fine Recall@K (%)")
-    axes.set_title(title or "Fine-label Recall@K on the test set (mean ± std over seeds)")
+    several_seeds = any(row["runs"] > 1 for row in rows)
+    axes.set_title(title or ("Fine-label Recall@K on the test set"
+                             + (" (mean ± std over seeds)" if several_seeds else "")))
     # Below the axes, so that the legend never hides the tops of the bars.
     axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     axes.grid(axis="y", alpha=0.3)

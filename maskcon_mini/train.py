@@ -362,7 +362,7 @@ def train_one_epoch(model, loader, optimizer, scaler, settings, config, data, de
             _check_finite_loss(running_loss, first_unchecked_step, state["step"], config)
             first_unchecked_step = state["step"] + 1
             if progress and hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{float(output['loss']):.3f}", lr=f"{lr:.4f}")
+                batches.set_postfix(loss=f"{float(output['loss'].detach()):.3f}", lr=f"{lr:.4f}")
     return stats.means()
 
 
@@ -460,7 +460,7 @@ def train(
         if state["epoch"] >= config.epochs and (out_dir / RESULTS_FILE).exists():
             logger.info("%s is already finished; returning its results", out_dir)
             return read_json(out_dir / RESULTS_FILE)
-        logger.info("resuming %s at epoch %d/%d", out_dir, state["epoch"], config.epochs)
+        logger.info("resuming %s after epoch %d of %d", out_dir, state["epoch"], config.epochs)
     else:
         write_json(out_dir / CONFIG_FILE, config.to_dict())
         logger.info("filling the queue of K=%d with keys from the key encoder", config.queue_size)
@@ -471,7 +471,8 @@ def train(
     epochs_this_call = 0
     while state["epoch"] < config.epochs:
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-            logger.info("stopping after %d epochs as asked; resume to continue", epochs_this_call)
+            logger.info("stopping after epoch %d of %d as requested; resume to continue",
+                        state["epoch"], config.epochs)
             return records[-1] if records else {}
         epoch_start = time.time()
         means = train_one_epoch(model, loader, optimizer, scaler, settings, config, data, device,

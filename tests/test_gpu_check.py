@@ -49,3 +49,14 @@ def test_invalid_folder_sizes_rejected(gpu_check, capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--out", "x", "--test-per-class", "1"])
     assert "--test-per-class" in capsys.readouterr().err
+
+
+def test_too_few_train_images_rejected(gpu_check, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--out", "x", "--train-per-class", "81"])
+    assert "queue of 8192 keys" in capsys.readouterr().err
+
+
+def test_quick_mode_uses_two_images_per_class(gpu_check):
+    args = gpu_check.parse_args(["--out", "x", "--quick", "--train-per-class", "5"])
+    assert (args.train_per_class, args.test_per_class) == (2, 2)

@@ -293,3 +293,39 @@ def test_retrieval_grid_rejects_bad_input():
         plot_retrieval_grid([image(0)], [[]], [0], [[]])
     with pytest.raises(ValueError, match="RGB"):
         plot_retrieval_grid([np.zeros((8, 8, 4))], [[image(1)]], [0], [[0]])
+
+
+def test_method_colours_match_across_figures(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from maskcon_mini.report import collect_runs, plot_recall_bars, summarise
+    from maskcon_mini.runio import write_json, write_jsonl
+
+    methods = {"supcon": 0.40, "maskcon": 0.44, "selfcon": 0.41}
+    for method, recall in methods.items():
+        folder = tmp_path / method
+        write_json(folder / "config.json", {"method": method, "weight": 0.5,
+                                            "target_temperature": 0.1, "seed": 1})
+        write_json(folder / "results.json", {"method": method, "seed": 1,
+                                             "recall": {"1": recall}, "fine_mass": 0.3})
+        write_jsonl(folder / "metrics.jsonl", epoch_records(
+            [2.0, 1.5], recalls={1: [recall - 0.02, recall]}, fine_mass=[0.3, 0.35],
+            supcon_fine_mass=[0.25, 0.25]))
+    runs = collect_runs(tmp_path)
+    records = {run.label: [run.metrics] for run in runs}
+
+    bars = plot_recall_bars(summarise(runs), ks=(1,))
+    curves = plot_training_curves(records)
+    fine_mass = plot_fine_mass(records)
+
+    from matplotlib.container import BarContainer
+
+    bar_groups = [c for c in bars.axes[0].containers if isinstance(c, BarContainer)]
+    bar_colours = {group.get_label().split(" (n=")[0]: to_hex(group.patches[0].get_facecolor())
+                   for group in bar_groups}
+    assert bar_colours["maskcon (w=0.5, T=0.1)"] == to_hex("C3")
+    assert bar_colours["supcon"] == to_hex("C1")
+    assert bar_colours["selfcon"] == to_hex("C0")
+    for label, colour in bar_colours.items():
+        assert to_hex(lines_with_label(curves.axes[0], label)[0].get_color()) == colour, label
+        assert to_hex(lines_with_label(fine_mass.axes[0], label)[0].get_color()) == colour, label

@@ -55,7 +55,7 @@ INVALID_FIELDS = [
     ("query_view", "medium", "query_view must be one of"),
     ("train_labels", "middle", "train_labels must be one of"),
     ("eval_every", -1, "eval_every must be an integer >= 0"),
-    ("mapping_file", "map.json", "mapping_file must be None for dataset 'cifartoy_good'"),
+    ("mapping_file", "map.json", "mapping_file applies only to dataset 'imagefolder'"),
 ]
 
 

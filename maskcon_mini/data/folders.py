@@ -113,7 +113,11 @@ def read_mapping_file(path: Path) -> dict[str, str]:
         HierarchyError: One fine class is mapped to two coarse classes.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"mapping file {path} does not exist. Pass mapping_file= the path of a JSON or CSV file.")
+        raise FileNotFoundError(
+            f"mapping file {path} does not exist (resolved to {path.resolve()}; a relative path is "
+            "read from the current directory). Pass mapping_file= (--mapping-file) the path of a "
+            "JSON or CSV file."
+        )
     suffix = path.suffix.lower()
     if suffix == ".json":
         pairs = _read_json_pairs(path)
