@@ -101,7 +101,9 @@ def run_logged(command: list[str], log_path: Path) -> str:
     log_path.write_text(output)
     print(output[-3000:], flush=True)
     if result.returncode != 0:
-        raise SystemExit(f"{command[1]} failed with exit code {result.returncode}; see {log_path}.")
+        program = command[2] if command[1] == "-m" else command[1]
+        raise SystemExit(f"{program} failed with exit code {result.returncode}. Its output is in "
+                         f"{log_path}.")
     return result.stdout
 
 

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .data import TwoViewDataset, build_dataset, build_transforms
 from .evaluate import evaluate_embeddings, extract_features
+from .key_queue import warn_if_stale_keys
 from .losses import LossSettings
 from .model import MomentumContrast, fine_mass_parts
-from .key_queue import warn_if_stale_keys
 from .runio import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -138,7 +138,8 @@ def build_data(config: TrainConfig) -> RunData:
     common = dict(root=config.data_root, download=config.download, seed=config.seed,
                   in_memory=config.in_memory)
     if config.dataset == "imagefolder":
-        # Folders may hold images of any size: decoded images are scaled to the crop size.
+        # Image folders may contain images of any size, so decoded images are scaled to the
+        # crop size.
         common.update(mapping_file=config.mapping_file,
                       in_memory_size=config.image_size if config.in_memory else None)
     base = build_dataset(config.dataset, split="train", subset=config.train_subset, **common)

@@ -1,6 +1,7 @@
-"""The prepared GPU check script: its synthetic image folder and its run-time projection."""
+"""The prepared GPU check script: its synthetic image folder, projection and command runner."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,10 @@ def test_too_few_train_images_rejected(gpu_check, capsys):
 def test_quick_mode_uses_two_images_per_class(gpu_check):
     args = gpu_check.parse_args(["--out", "x", "--quick", "--train-per-class", "5"])
     assert (args.train_per_class, args.test_per_class) == (2, 2)
+
+
+def test_failed_module_command_named(gpu_check, tmp_path):
+    command = [sys.executable, "-m", "maskcon_mini.train", "--preset", "no-such-preset"]
+    with pytest.raises(SystemExit, match=r"maskcon_mini\.train failed with exit code 2"):
+        gpu_check.run_logged(command, tmp_path / "train.log")
+    assert "no-such-preset" in (tmp_path / "train.log").read_text()
